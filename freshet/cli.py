@@ -1,0 +1,108 @@
+"""The ``freshet`` command line.
+
+argparse (stdlib) rather than click/typer: the CLI is a thin dispatcher. The adapters own their
+sub-commands (``serving.cli``, ``flink_jobs.cli``: ``HELP``, ``add_arguments``, ``main``) and are
+found by module name, so the pure core never imports them (the import-linter contract stays true)
+and ``freshet validate`` never loads PyFlink, torch or FastAPI.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+DEFAULT_DEFS = Path("feature_defs")
+
+
+def _cmd_validate(args: argparse.Namespace) -> int:
+    from freshet.spec import load_feature_set, validate_paths
+
+    problems = validate_paths(list(args.paths))
+    for problem in problems:
+        print(problem, file=sys.stderr)
+    if problems:
+        print(f"{len(problems)} problem(s) found", file=sys.stderr)
+        return 1
+    for path in args.paths:
+        layout = load_feature_set(path).layout()
+        print(
+            f"{path}: ok (layout {layout.layout_hash}: {layout.embedding_dim}-dim embedding, "
+            f"{layout.num_features} feature columns, {len(layout.exact_bits)} exact bits, "
+            f"{len(layout.bloom_fields)} Bloom fields)"
+        )
+    return 0
+
+
+def _cmd_schema(args: argparse.Namespace) -> int:
+    from freshet.spec import json_schema
+
+    print(json.dumps(json_schema(), indent=2))
+    return 0
+
+
+def _cmd_broker(args: argparse.Namespace) -> int:
+    from freshet.broker import main as broker_main
+
+    return broker_main(args.broker_args)
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    print(
+        "freshet demo: the one-command demo (issue 6) is not built yet.\n"
+        "What runs today: `./dev test` (broker, Flink exactly-once round trip, core, serving tests),\n"
+        "`freshet validate feature_defs/`, `freshet broker`, `freshet serve`.",
+        file=sys.stderr,
+    )
+    return 2
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="freshet", description=__doc__.splitlines()[0] if __doc__ else None)
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("validate", help="check feature definitions; report every problem at once")
+    p.add_argument("paths", nargs="*", type=Path, default=[DEFAULT_DEFS], help="YAML files or directories")
+    p.set_defaults(func=_cmd_validate)
+
+    p = sub.add_parser("schema", help="print the JSON schema of feature_defs/*.yaml (for editors)")
+    p.set_defaults(func=_cmd_schema)
+
+    p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
+    p.add_argument("broker_args", nargs=argparse.REMAINDER)
+    p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("demo", help="run the whole pipeline on the embedded default")
+    p.set_defaults(func=_cmd_demo)
+
+    _add_adapter_commands(sub)
+    return parser
+
+
+def _add_adapter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """Sub-commands owned by the adapters (``serving``, ``flink_jobs``), registered if they are installed."""
+    import importlib
+
+    for name, module in (("serve", "serving.cli"), ("job", "flink_jobs.cli")):
+        try:
+            adapter = importlib.import_module(module)
+        except ModuleNotFoundError as exc:
+            if exc.name != module:
+                raise
+            continue
+        p = sub.add_parser(name, help=adapter.HELP)
+        adapter.add_arguments(p)
+        p.set_defaults(func=adapter.main)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
