@@ -11,6 +11,7 @@ import hashlib
 from collections.abc import Iterable
 
 import numpy as np
+import numpy.typing as npt
 
 from freshet.layout import BITS_PER_WORD, BloomField
 
@@ -30,7 +31,7 @@ def bloom_positions(field: BloomField, value: str) -> list[int]:
     return sorted({field.offset + (h1 + i * h2) % field.width_bits for i in range(field.num_hashes)})
 
 
-def words_from_positions(positions: Iterable[int], num_words: int) -> np.ndarray:
+def words_from_positions(positions: Iterable[int], num_words: int) -> npt.NDArray[np.int64]:
     """Pack absolute bit positions into ``num_words`` int64 words.
 
     >>> words_from_positions([0, 63, 64], 2).tolist()
@@ -44,11 +45,11 @@ def words_from_positions(positions: Iterable[int], num_words: int) -> np.ndarray
     return words.view(np.int64)
 
 
-def positions_from_words(words: np.ndarray) -> list[int]:
+def positions_from_words(words: npt.NDArray[np.int64]) -> list[int]:
     """Inverse of ``words_from_positions``.
 
     >>> positions_from_words(words_from_positions([3, 70], 2))
     [3, 70]
     """
     bits = np.unpackbits(np.ascontiguousarray(words, dtype="<i8").view(np.uint8), bitorder="little")
-    return np.flatnonzero(bits).tolist()
+    return [int(p) for p in np.flatnonzero(bits)]

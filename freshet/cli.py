@@ -45,7 +45,7 @@ def _cmd_schema(args: argparse.Namespace) -> int:
 def _cmd_broker(args: argparse.Namespace) -> int:
     from freshet.broker import main as broker_main
 
-    return broker_main(args.broker_args)
+    return int(broker_main(args.broker_args))
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

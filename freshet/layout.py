@@ -98,7 +98,8 @@ class TensorLayout:
                 raise ValueError(f"feature column {col.name!r} has index {col.index}, expected {i}")
         for term in self.score_terms:
             if not 0 <= term.column < len(self.feature_columns):
-                raise ValueError(f"score term names column {term.column}, layout has {len(self.feature_columns)}")
+                n = len(self.feature_columns)
+                raise ValueError(f"score term names column {term.column}, layout has {n}")
         object.__setattr__(self, "_hash", _hash_of(self))
 
     @property
@@ -108,7 +109,8 @@ class TensorLayout:
     @property
     def eligibility_bits(self) -> int:
         """Bits used: exact bits first, then each Bloom field's block."""
-        ends = [b.position + 1 for b in self.exact_bits] + [f.offset + f.width_bits for f in self.bloom_fields]
+        ends = [b.position + 1 for b in self.exact_bits]
+        ends += [f.offset + f.width_bits for f in self.bloom_fields]
         return max(ends, default=0)
 
     @property
