@@ -81,7 +81,9 @@ def parse_event(
     problem = _check(doc, key_field, time_field, required or {})
     if problem:
         return Rejected(source, problem, raw)
-    return Event(source, int(doc[key_field]), _time_ms(doc[time_field]), doc)
+    ts_ms = _time_ms(doc[time_field])
+    assert ts_ms is not None  # _check proved it
+    return Event(source, int(doc[key_field]), ts_ms, doc)
 
 
 def _check(doc: Mapping[str, Any], key_field: str, time_field: str, required: Mapping[str, FieldKind]) -> str:
