@@ -1,0 +1,294 @@
+"""The replica: one index-as-model, the offsets of the delta topic it includes, its consumer and snapshots.
+
+Concurrency. One thread writes (the consumer), many read (HTTP requests in the threadpool). Queries go
+straight to the model, whose ``apply`` is atomic with respect to ``retrieve`` (DESIGN contract 4), so a
+query never waits on this module's lock. ``_cut_lock`` pairs the model's state with the offsets it
+includes: it is held while a batch is applied and its offsets recorded, and while a snapshot or the state
+digest reads the model. A snapshot therefore is a consistent cut (contract 5); it pauses applying, not
+querying.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from freshet.deltas import DecodedBatch, DeltaKind, decode_batch
+from freshet.layout import TensorLayout
+from freshet.model import IndexModel
+from freshet.snapshot import Manifest
+from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
+from serving.metrics import ReplicaMetrics
+from serving.settings import Settings
+from serving.snapshots import PeriodicSnapshots, SnapshotStore
+
+log = logging.getLogger(__name__)
+
+_SIGNAL_OF_KIND = {
+    int(DeltaKind.EMBEDDING): "embedding",
+    int(DeltaKind.FEATURE): "feature",
+    int(DeltaKind.ELIGIBILITY): "eligibility",
+}
+
+
+@dataclass(frozen=True)
+class ReplicaState:
+    """What ``GET /v1/state`` reports; taken as one consistent cut."""
+
+    model_version: int
+    layout_hash: str
+    offsets: dict[int, int]
+    digest: str
+    items: int
+    ready: bool
+
+
+@dataclass(frozen=True)
+class SnapshotTaken:
+    path: Path
+    offsets: dict[int, int]
+    model_version: int
+    digest: str
+    items: int
+
+
+class Replica:
+    """Owns the model, the applied offsets, the delta consumer and the snapshot store."""
+
+    def __init__(
+        self,
+        layout: TensorLayout,
+        settings: Settings,
+        *,
+        source_factory: Callable[[], DeltaSource] | None = None,
+        metrics: ReplicaMetrics | None = None,
+        name: str | None = None,
+    ) -> None:
+        self.layout = layout
+        self.settings = settings
+        self.name = name or f"{settings.host}:{settings.port}"
+        self.metrics = metrics or ReplicaMetrics()
+        self._model = IndexModel(layout, capacity=settings.initial_capacity)
+        self._offsets: dict[int, int] = {}
+        self._cut_lock = threading.Lock()
+        self._since_snapshot = 0
+        self._last_snapshot_offsets: dict[int, int] | None = None
+        self._last_snapshot_at = time.monotonic()
+        self._newest_event_ms: int | None = None
+        self.started_from: Path | None = None
+        self.snapshots = SnapshotStore(
+            settings.snapshot_dir,
+            layout,
+            topic=settings.delta_topic,
+            retention=settings.snapshot_retention,
+            metrics=self.metrics,
+        )
+        self.consumer = DeltaConsumer(
+            source_factory or self._kafka_source,
+            self.apply_records,
+            self.offsets,
+            self.metrics,
+            batch_size=settings.poll_batch_size,
+            ready_max_lag=settings.ready_max_lag,
+            name=self.name,
+        )
+        self._periodic = PeriodicSnapshots(self.snapshot_due, self.snapshot, self.metrics, name=self.name)
+        self.metrics.bind(
+            newest_event_age_s=self._newest_event_age_s,
+            items=lambda: len(self._model),
+            ready=lambda: float(self.ready),
+        )
+
+    @classmethod
+    def from_settings(cls, settings: Settings, **kwargs: Any) -> Replica:
+        """Build a replica for ``settings.feature_defs``'s layout (reads the YAML; starts nothing)."""
+        from freshet.spec import load_feature_set
+
+        return cls(load_feature_set(settings.feature_defs).layout(), settings, **kwargs)
+
+    def _kafka_source(self) -> DeltaSource:
+        s = self.settings
+        return KafkaDeltaSource(
+            s.bootstrap_servers,
+            s.delta_topic,
+            client_id=f"freshet-replica-{self.name}",
+            max_poll_records=s.poll_batch_size,
+        )
+
+    # lifecycle -----------------------------------------------------------------------------------
+    def start(self) -> None:
+        """Load the newest valid snapshot, then start consuming (from its offsets) and snapshotting."""
+        self.restore()
+        self.consumer.start()
+        self._periodic.start()
+
+    def stop(self) -> None:
+        self._periodic.stop()
+        self.consumer.stop()
+
+    def restore(self) -> Manifest | None:
+        """Replace the (empty) model by the newest valid snapshot, if any; returns its manifest."""
+        found = self.snapshots.load_newest_valid()
+        if found is None:
+            log.info(
+                "no valid snapshot under %s: replaying the delta topic from the beginning",
+                self.snapshots.root,
+            )
+            return None
+        model, manifest, path = found
+        with self._cut_lock:
+            self._model = model
+            self._offsets = {int(p): int(o) for p, o in manifest.offsets.items()}
+            self._last_snapshot_offsets = dict(self._offsets)
+            self._last_snapshot_at = time.monotonic()
+        self.started_from = path
+        return manifest
+
+    # reading -------------------------------------------------------------------------------------
+    @property
+    def model(self) -> IndexModel:
+        """The current model; take it once per request and use that object throughout."""
+        return self._model
+
+    @property
+    def ready(self) -> bool:
+        return self.consumer.ready
+
+    def offsets(self) -> dict[int, int]:
+        """Partition -> next offset to apply (what a snapshot taken now would record)."""
+        with self._cut_lock:
+            return dict(self._offsets)
+
+    def state(self) -> ReplicaState:
+        with self._cut_lock:
+            model = self._model
+            return ReplicaState(
+                model_version=model.model_version,
+                layout_hash=self.layout.layout_hash,
+                offsets=dict(self._offsets),
+                digest=model.digest(),
+                items=len(model),
+                ready=self.ready,
+            )
+
+    def _newest_event_age_s(self) -> float:
+        newest = self._newest_event_ms
+        return float("nan") if newest is None else max(0.0, time.time() - newest / 1000)
+
+    # applying ------------------------------------------------------------------------------------
+    def apply_records(self, records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
+        """Decode and apply one polled batch, then record ``positions`` as the applied offsets.
+
+        Bad records are counted by reason and skipped; they never stop the stream.
+        """
+        started = time.perf_counter()
+        values = [r.value for r in records if r.value is not None]
+        if len(values) < len(records):
+            self.metrics.rejected.labels(reason="null_value").inc(len(records) - len(values))
+        batch = self._decode(values)
+        with self._cut_lock:
+            applied, stale, rejected = self._apply(batch)
+            self._offsets.update(positions)
+            self._since_snapshot += len(records)
+        applied_ms = time.time() * 1000
+        self._count(len(records), applied, stale, rejected, batch, applied_ms)
+        if records:
+            self.metrics.apply_seconds.observe(time.perf_counter() - started)
+            self.metrics.batch_size.observe(len(records))
+
+    def _decode(self, values: list[bytes]) -> DecodedBatch | None:
+        if not values:
+            return None
+        try:
+            batch = decode_batch(values, self.layout)
+        except Exception as exc:  # the codec should count bad records itself; isolate them if it cannot
+            log.warning("decoding a batch of %d records failed (%s); decoding one by one", len(values), exc)
+            batch = self._decode_isolating(values)
+        self.metrics.count_rejected(dict(batch.rejected) if batch is not None else {})
+        return batch
+
+    def _decode_isolating(self, values: list[bytes]) -> DecodedBatch | None:
+        good = []
+        for value in values:
+            try:
+                decode_batch([value], self.layout)
+            except Exception:
+                self.metrics.rejected.labels(reason="undecodable").inc()
+                continue
+            good.append(value)
+        return decode_batch(good, self.layout) if good else None
+
+    def _apply(self, batch: DecodedBatch | None) -> tuple[int, int, dict[str, int]]:
+        if batch is None or len(batch) == 0:
+            return 0, 0, {}
+        try:
+            stats = self._model.apply(batch)
+        except Exception:
+            log.exception("applying a decoded batch of %d deltas failed; the batch is skipped", len(batch))
+            return 0, 0, {"apply_error": len(batch)}
+        return stats.applied, stats.skipped_stale, dict(stats.rejected)
+
+    def _count(
+        self,
+        n_records: int,
+        applied: int,
+        stale: int,
+        rejected: Mapping[str, int],
+        batch: DecodedBatch | None,
+        applied_ms: float,
+    ) -> None:
+        m = self.metrics
+        m.records.inc(n_records)
+        m.applied.inc(applied)
+        m.skipped_stale.inc(stale)
+        m.count_rejected(dict(rejected))
+        for p, o in self._offsets.items():
+            m.applied_offset.labels(partition=str(p)).set(o)
+        if batch is None or len(batch) == 0 or applied == 0:
+            return
+        event_ms = np.asarray(batch.event_time_ms, dtype=np.int64)
+        newest = int(event_ms.max())
+        if self._newest_event_ms is None or newest > self._newest_event_ms:
+            self._newest_event_ms = newest
+        if self.consumer.caught_up_once.is_set():  # a bootstrap replay is recovery time, not freshness
+            self._observe_freshness(np.asarray(batch.kind), event_ms, applied_ms)
+
+    def _observe_freshness(self, kinds: np.ndarray, event_ms: np.ndarray, applied_ms: float) -> None:
+        lag_s = (applied_ms - event_ms.astype(np.float64)) / 1000.0
+        for kind, signal in _SIGNAL_OF_KIND.items():
+            self.metrics.freshness.observe_many(signal, np.maximum(lag_s[kinds == kind], 0.0))
+
+    # snapshots -----------------------------------------------------------------------------------
+    def snapshot_due(self) -> bool:
+        """Periodic snapshots: once ready, every N seconds or N records, and only if something changed."""
+        s = self.settings
+        if not self.ready or self._offsets == self._last_snapshot_offsets:
+            return False
+        by_count = s.snapshot_every_deltas > 0 and self._since_snapshot >= s.snapshot_every_deltas
+        by_time = s.snapshot_every_s > 0 and time.monotonic() - self._last_snapshot_at >= s.snapshot_every_s
+        return by_count or by_time
+
+    def snapshot(self) -> SnapshotTaken:
+        """Write a snapshot now: the model and the offsets it includes, as one consistent cut."""
+        with self._cut_lock:
+            model, offsets = self._model, dict(self._offsets)
+            path = self.snapshots.write(model, offsets)
+            taken = SnapshotTaken(
+                path=path,
+                offsets=offsets,
+                model_version=model.model_version,
+                digest=model.digest(),
+                items=len(model),
+            )
+            self._since_snapshot = 0
+            self._last_snapshot_offsets = offsets
+            self._last_snapshot_at = time.monotonic()
+        log.info("snapshot %s written (%d items, offsets %s)", path, taken.items, offsets)
+        return taken

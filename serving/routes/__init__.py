@@ -1,0 +1,1 @@
+"""One router per file; ``serving.app.create_app`` includes them all."""

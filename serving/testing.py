@@ -1,0 +1,152 @@
+"""Helpers for testing a replica end to end: build deltas, produce them as the Flink sink does, wait.
+
+Used by ``tests/test_serving_*.py`` and the benchmarks; not imported by the replica itself.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Any, TypeVar
+
+import numpy as np
+
+from freshet.bits import bloom_positions, words_from_positions
+from freshet.deltas import Delta, DeltaKind, encode_delta, encode_key
+from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING, TensorLayout
+from freshet.versions import eligibility_version, embedding_version, feature_version, tombstone_version
+
+T = TypeVar("T")
+
+
+def embedding_delta(
+    item_id: int, values: Sequence[float], *, publish_ms: int, model_version: int = 0
+) -> Delta:
+    return Delta(
+        DeltaKind.EMBEDDING,
+        item_id,
+        REGION_EMBEDDING,
+        embedding_version(publish_ms),
+        publish_ms,
+        np.asarray(values, dtype=np.float32),
+        model_version,
+    )
+
+
+def feature_delta(
+    layout: TensorLayout, item_id: int, name: str, value: float, *, window_end_ms: int, firing: int = 0
+) -> Delta:
+    return Delta(
+        DeltaKind.FEATURE,
+        item_id,
+        layout.feature_region(name),
+        feature_version(window_end_ms, firing),
+        window_end_ms,
+        np.asarray([value], dtype=np.float32),
+    )
+
+
+def eligibility_words(
+    layout: TensorLayout, bits: Iterable[str] = (), bloom: Mapping[str, Iterable[str]] | None = None
+) -> np.ndarray:
+    positions = [layout.bit(b).position for b in bits]
+    for field, values in (bloom or {}).items():
+        for value in values:
+            positions += bloom_positions(layout.bloom(field), value)
+    return words_from_positions(positions, layout.eligibility_words)
+
+
+def eligibility_delta(
+    layout: TensorLayout,
+    item_id: int,
+    *,
+    change_ms: int,
+    bits: Iterable[str] = (),
+    bloom: Mapping[str, Iterable[str]] | None = None,
+) -> Delta:
+    return Delta(
+        DeltaKind.ELIGIBILITY,
+        item_id,
+        REGION_ELIGIBILITY,
+        eligibility_version(change_ms),
+        change_ms,
+        eligibility_words(layout, bits, bloom),
+    )
+
+
+def tombstone_delta(item_id: int, *, delete_ms: int) -> Delta:
+    return Delta(
+        DeltaKind.TOMBSTONE,
+        item_id,
+        0,
+        tombstone_version(delete_ms),
+        delete_ms,
+        np.zeros(0, dtype=np.float32),
+    )
+
+
+class DeltaProducer:
+    """Writes deltas keyed by item id, each ``send`` one Kafka transaction (like Flink's exactly-once sink)."""
+
+    def __init__(
+        self, bootstrap_servers: str, topic: str, layout: TensorLayout, *, transactional: bool = True
+    ) -> None:
+        from kafka import KafkaProducer
+
+        self.topic, self.layout = topic, layout
+        config: dict[str, Any] = {"bootstrap_servers": bootstrap_servers, "acks": "all", "linger_ms": 2}
+        if transactional:
+            config["transactional_id"] = f"freshet-test-{uuid.uuid4().hex[:10]}"
+        self._producer = KafkaProducer(**config)
+        self.transactional = transactional
+        if transactional:
+            self._producer.init_transactions()
+
+    def send(self, deltas: Iterable[Delta], *, commit: bool = True) -> None:
+        """Send ``deltas`` in one transaction, then commit it (or abort it with ``commit=False``)."""
+        self.send_raw(((encode_key(d.item_id), encode_delta(d, self.layout)) for d in deltas), commit=commit)
+
+    def send_raw(self, records: Iterable[tuple[bytes | None, bytes | None]], *, commit: bool = True) -> None:
+        if self.transactional:
+            self._producer.begin_transaction()
+        for key, value in records:
+            self._producer.send(self.topic, key=key, value=value)
+        self._producer.flush()
+        if not self.transactional:
+            return
+        if commit:
+            self._producer.commit_transaction()
+        else:
+            self._producer.abort_transaction()
+
+    def begin_open(self, deltas: Iterable[Delta]) -> Callable[[], None]:
+        """Send ``deltas`` in a transaction left open; returns the function that commits it."""
+        self._producer.begin_transaction()
+        for d in deltas:
+            self._producer.send(self.topic, key=encode_key(d.item_id), value=encode_delta(d, self.layout))
+        self._producer.flush()
+        return self._producer.commit_transaction
+
+    def close(self) -> None:
+        self._producer.close()
+
+    def __enter__(self) -> DeltaProducer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def wait_until(
+    predicate: Callable[[], T], *, timeout_s: float = 20.0, interval_s: float = 0.05, what: str = "condition"
+) -> T:
+    """Poll ``predicate`` until it returns something truthy; raise ``TimeoutError`` naming ``what``."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what} not reached within {timeout_s} s (last value: {value!r})")
+        time.sleep(interval_s)
