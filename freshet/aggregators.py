@@ -193,9 +193,7 @@ class Last:
     def add(self, acc: tuple[int, float] | None, value: Value, ts_ms: int) -> tuple[int, float] | None:
         return self.merge(acc, (ts_ms, _number(value)))
 
-    def merge(
-        self, a: tuple[int, float] | None, b: tuple[int, float] | None
-    ) -> tuple[int, float] | None:
+    def merge(self, a: tuple[int, float] | None, b: tuple[int, float] | None) -> tuple[int, float] | None:
         return b if a is None else a if b is None else max(a, b)
 
     def result(self, acc: tuple[int, float] | None) -> float:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import math
 import pickle
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -35,7 +36,7 @@ distinct_values: st.SearchStrategy[Value] = st.one_of(
 distinct_events = st.lists(st.tuples(distinct_values, ts), max_size=300)
 
 
-def fold(agg: Aggregator[Any], events: list[tuple[Value, int]]) -> Any:
+def fold(agg: Aggregator[Any], events: Sequence[tuple[Value, int]]) -> Any:
     acc = agg.initial()
     for value, ts_ms in events:
         acc = agg.add(acc, value, ts_ms)
@@ -85,7 +86,9 @@ def test_negative_zero_reads_as_zero() -> None:
 
 
 def test_unknown_aggregation_names_the_choices() -> None:
-    with pytest.raises(ValueError, match=r"unknown aggregation 'median'; expected one of \['approx_distinct'"):
+    with pytest.raises(
+        ValueError, match=r"unknown aggregation 'median'; expected one of \['approx_distinct'"
+    ):
         aggregator("median")
 
 
@@ -133,7 +136,7 @@ def test_merge_laws(
     name: str, a: list[tuple[float, int]], b: list[tuple[float, int]], c: list[tuple[float, int]]
 ) -> None:
     agg = aggregator(name)
-    fa, fb, fc = fold(agg, a), fold(agg, b), fold(agg, c)  # type: ignore[arg-type]
+    fa, fb, fc = fold(agg, a), fold(agg, b), fold(agg, c)
     left = agg.merge(agg.merge(fa, fb), fc)
     right = agg.merge(fa, agg.merge(fb, fc))
     assert same(agg.result(left), agg.result(right))

@@ -1,0 +1,379 @@
+"""Window assignment and the per-item window operator: the semantics the Flink job must reproduce.
+
+Scenarios are tables of steps — ``("event", ts_ms, watermark_ms)`` (an event of value 1.0 arriving
+while the watermark is ``watermark_ms``) or ``("wm", watermark_ms)`` — and the outputs expected, in
+a compact form: ``("fire", start, end, value, firing)``, ``("late", ts_ms)``, ``("drop", ts_ms)``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from freshet.aggregators import AGGREGATORS, Value
+from freshet.windows import (
+    END_OF_STREAM,
+    NO_WATERMARK,
+    Dropped,
+    Fire,
+    Late,
+    LatePolicy,
+    Output,
+    WindowedAggregate,
+    WindowOperator,
+    WindowSpec,
+    WindowState,
+    version_for,
+)
+
+TUMBLING = WindowSpec(10)
+SLIDING = WindowSpec(20, slide_ms=10)
+
+Step = tuple[Any, ...]
+
+
+def compact(out: Output) -> tuple[Any, ...]:
+    if isinstance(out, Fire):
+        assert out.event_time_ms == out.window_end_ms - 1
+        return ("fire", out.window_start_ms, out.window_end_ms, out.value, out.firing)
+    if isinstance(out, Late):
+        return ("late", out.event_ts_ms)
+    return ("drop", out.event_ts_ms)
+
+
+def run(
+    feature: WindowedAggregate, steps: list[Step], state: WindowState | None = None
+) -> tuple[WindowState, list[tuple[Any, ...]]]:
+    op = WindowOperator(feature)
+    state = op.initial_state() if state is None else state
+    outputs: list[Output] = []
+    for step in steps:
+        if step[0] == "event":
+            _, ts_ms, watermark_ms, *value = step
+            state, outs = op.on_event(state, ts_ms, value[0] if value else 1.0, watermark_ms)
+        else:
+            state, outs = op.on_watermark(state, step[1])
+        outputs += outs
+    return state, [compact(o) for o in outputs]
+
+
+# ---------------------------------------------------------------- assignment
+
+
+@pytest.mark.parametrize(
+    ("spec", "ts_ms", "expected"),
+    [
+        (TUMBLING, 0, [(0, 10)]),
+        (TUMBLING, 9, [(0, 10)]),  # end - 1 is inside
+        (TUMBLING, 10, [(10, 20)]),  # end is not
+        (TUMBLING, -1, [(-10, 0)]),  # aligned to epoch 0 below it too
+        (SLIDING, 0, [(-10, 10), (0, 20)]),
+        (SLIDING, 9, [(-10, 10), (0, 20)]),
+        (SLIDING, 10, [(0, 20), (10, 30)]),
+        (WindowSpec(10, slide_ms=10), 15, [(10, 20)]),  # slide == size is tumbling
+        (WindowSpec(25, slide_ms=10), 25, [(10, 35), (20, 45)]),  # slide need not divide size
+        (WindowSpec(25, slide_ms=10), 24, [(0, 25), (10, 35), (20, 45)]),
+        (WindowSpec(3_600_000, slide_ms=300_000), 1_700_000_000_123, None),
+    ],
+)
+def test_windows_for(spec: WindowSpec, ts_ms: int, expected: list[tuple[int, int]] | None) -> None:
+    got = spec.windows_for(ts_ms)
+    if expected is not None:
+        assert got == expected
+    assert len(got) == len(set(got))
+    assert all(s <= ts_ms < e and e - s == spec.size_ms and s % spec.step_ms == 0 for s, e in got)
+
+
+@given(size=st.integers(1, 50), slide=st.integers(1, 50), ts_ms=st.integers(-1_000, 1_000))
+def test_windows_for_is_every_aligned_window_holding_the_event(size: int, slide: int, ts_ms: int) -> None:
+    spec = WindowSpec(size, slide_ms=min(slide, size))
+    step = spec.step_ms
+    brute = [(s, s + size) for s in range(-3_000, 3_000) if s % step == 0 and s <= ts_ms < s + size]
+    assert spec.windows_for(ts_ms) == brute
+
+
+@pytest.mark.parametrize(
+    ("make", "message"),
+    [
+        (lambda: WindowSpec(0), "window size must be positive"),
+        (lambda: WindowSpec(10, slide_ms=0), r"window slide must be in \(0, size=10\]"),
+        (lambda: WindowSpec(10, slide_ms=11), r"window slide must be in \(0, size=10\]"),
+        (lambda: WindowedAggregate(TUMBLING, "median"), "unknown aggregation 'median'"),  # type: ignore[arg-type]
+        (
+            lambda: WindowedAggregate(TUMBLING, "count", allowed_lateness_ms=-1),
+            "allowed lateness must be >= 0",
+        ),
+        (lambda: WindowedAggregate(TUMBLING, "count", late_policy="keep"), "late policy must be one of"),  # type: ignore[arg-type]
+    ],
+)
+def test_invalid_parameters_are_refused(make: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        make()
+
+
+# ---------------------------------------------------------------- firing, lateness, policies
+
+count10 = WindowedAggregate(TUMBLING, "count")  # [0, 10): max_ts 9; no allowed lateness
+
+
+def lateness(policy: LatePolicy, lateness_ms: int = 5, spec: WindowSpec = TUMBLING) -> WindowedAggregate:
+    return WindowedAggregate(spec, "count", allowed_lateness_ms=lateness_ms, late_policy=policy)
+
+
+FIRE_0 = ("fire", 0, 10, 1.0, 0)
+
+SCENARIOS: list[tuple[str, WindowedAggregate, list[Step], list[tuple[Any, ...]]]] = [
+    # -- on time: a window fires once, when the watermark reaches end - 1
+    ("no fire before end-1", count10, [("event", 3, NO_WATERMARK), ("wm", 8)], []),
+    ("fires at exactly end-1", count10, [("event", 3, NO_WATERMARK), ("wm", 9)], [FIRE_0]),
+    ("fires once", count10, [("event", 3, NO_WATERMARK), ("wm", 9), ("wm", 10), ("wm", 500)], [FIRE_0]),
+    ("late watermark fires too", count10, [("event", 3, NO_WATERMARK), ("wm", 1_000)], [FIRE_0]),
+    (
+        "events before end-1 all count",
+        count10,
+        [("event", 3, NO_WATERMARK), ("event", 9, 8), ("event", 0, 8), ("wm", 9)],
+        [("fire", 0, 10, 3.0, 0)],
+    ),
+    (
+        "event at end belongs to the next window",
+        count10,
+        [("event", 3, NO_WATERMARK), ("event", 10, 8), ("wm", 19)],
+        [FIRE_0, ("fire", 10, 20, 1.0, 0)],
+    ),
+    (
+        "a watermark passing two windows fires both, oldest first",
+        count10,
+        [("event", 13, NO_WATERMARK), ("event", 3, NO_WATERMARK), ("wm", 25)],
+        [FIRE_0, ("fire", 10, 20, 1.0, 0)],
+    ),
+    # -- no allowed lateness: an event after end-1 is too late, under every policy's rule
+    ("L=0: event at W=end-2 joins", count10, [("event", 9, 8), ("wm", 9)], [FIRE_0]),
+    ("L=0 side_output: event at W=end-1", lateness("side_output", 0), [("event", 9, 9)], [("late", 9)]),
+    ("L=0 drop: event at W=end-1", lateness("drop", 0), [("event", 9, 9)], [("drop", 9)]),
+    ("L=0 update: event at W=end-1", lateness("update", 0), [("event", 9, 9)], [("drop", 9)]),
+    (
+        "L=0: too late after firing",
+        lateness("side_output", 0),
+        [("event", 3, NO_WATERMARK), ("wm", 9), ("event", 4, 9)],
+        [FIRE_0, ("late", 4)],
+    ),
+    # -- within allowed lateness (W in [end-1, end-1+L)): join and re-fire at once, every policy
+    *[
+        (
+            f"{policy}: late at W={w} re-fires",
+            lateness(policy),
+            [("event", 3, NO_WATERMARK), ("wm", 9), ("event", 4, w)],
+            [FIRE_0, ("fire", 0, 10, 2.0, 1)],
+        )
+        for policy in ("update", "side_output", "drop")
+        for w in (9, 13)  # end-1 and end-1+L-1
+    ],
+    (
+        "every late event re-fires with the next firing number",
+        lateness("update"),
+        [("event", 3, NO_WATERMARK), ("wm", 9), ("event", 4, 9), ("event", 5, 11), ("event", 0, 13)],
+        [FIRE_0, ("fire", 0, 10, 2.0, 1), ("fire", 0, 10, 3.0, 2), ("fire", 0, 10, 4.0, 3)],
+    ),
+    (
+        "a window's first event may be late: it fires at once, firing 0",
+        lateness("update"),
+        [("event", 4, 12)],
+        [("fire", 0, 10, 1.0, 0)],
+    ),
+    (
+        "late refire then the watermark passes end-1+L: no further fire",
+        lateness("update"),
+        [("event", 3, NO_WATERMARK), ("event", 4, 9), ("wm", 14), ("wm", 100)],
+        [FIRE_0, ("fire", 0, 10, 2.0, 1)],
+    ),
+    # -- too late (W >= end-1+L): the policy decides
+    ("update: too late at W=end-1+L", lateness("update"), [("event", 3, 14)], [("drop", 3)]),
+    ("drop: too late at W=end-1+L", lateness("drop"), [("event", 3, 14)], [("drop", 3)]),
+    ("side_output: too late at W=end-1+L", lateness("side_output"), [("event", 3, 14)], [("late", 3)]),
+    (
+        "side_output: too late after firings",
+        lateness("side_output"),
+        [("event", 3, NO_WATERMARK), ("wm", 9), ("event", 4, 13), ("event", 5, 14)],
+        [FIRE_0, ("fire", 0, 10, 2.0, 1), ("late", 5)],
+    ),
+    # -- sliding windows [s, s+20) every 10: an event is in two windows
+    (
+        "sliding: on time in both windows",
+        lateness("update", 0, SLIDING),
+        [("event", 15, NO_WATERMARK), ("wm", 19), ("wm", 29)],
+        [("fire", 0, 20, 1.0, 0), ("fire", 10, 30, 1.0, 0)],
+    ),
+    (
+        "sliding: too late for the older window only joins the newer, no late output",
+        lateness("side_output", 0, SLIDING),
+        [("event", 15, 19), ("wm", 29)],
+        [("fire", 10, 30, 1.0, 0)],
+    ),
+    (
+        "sliding: too late for both windows, the reason names the newer",
+        lateness("side_output", 0, SLIDING),
+        [("event", 15, 29)],
+        [("late", 15)],
+    ),
+    (
+        "sliding: late for the older window re-fires it, on time for the newer",
+        lateness("update", 5, SLIDING),
+        [("event", 12, NO_WATERMARK), ("wm", 19), ("event", 15, 20), ("wm", 29)],
+        [("fire", 0, 20, 1.0, 0), ("fire", 0, 20, 2.0, 1), ("fire", 10, 30, 2.0, 0)],
+    ),
+    # -- on_event applies its watermark first, so a window due is fired before the event counts
+    (
+        "on_event catches up with its watermark",
+        count10,
+        [("event", 3, NO_WATERMARK), ("event", 12, 9), ("wm", 19)],
+        [FIRE_0, ("fire", 10, 20, 1.0, 0)],
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("feature", "steps", "expected"), [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
+)
+def test_semantics(feature: WindowedAggregate, steps: list[Step], expected: list[tuple[Any, ...]]) -> None:
+    _, got = run(feature, steps)
+    assert got == expected
+
+
+def test_late_reason_names_window_and_watermark() -> None:
+    op = WindowOperator(lateness("side_output", 5))
+    _, outs = op.on_event({}, 3, 42.0, 20)
+    assert outs == [Late("late: window [0,10) closed at watermark 20", 3, 42.0, 20)]
+    op = WindowOperator(lateness("drop", 5))
+    assert op.on_event({}, 3, 42.0, 20)[1] == [Dropped("late: window [0,10) closed at watermark 20", 3, 20)]
+
+
+EVENTS: list[tuple[int, Value]] = [(3, 2.0), (5, 7.0), (1, -1.0), (5, 4.0)]
+EXPECTED = {
+    "count": 4.0,
+    "sum": 12.0,
+    "mean": 3.0,
+    "min": -1.0,
+    "max": 7.0,
+    "last": 7.0,  # greatest time 5; among equal times the greatest value
+    "approx_distinct": 4.0,
+}
+assert set(EXPECTED) == set(AGGREGATORS)
+
+
+@pytest.mark.parametrize("aggregation", sorted(EXPECTED))
+def test_each_aggregation_fires_its_value(aggregation: str) -> None:
+    feature = WindowedAggregate(TUMBLING, aggregation, allowed_lateness_ms=5)  # type: ignore[arg-type]
+    steps: list[Step] = [("event", ts, NO_WATERMARK, v) for ts, v in EVENTS[:3]]
+    steps += [("wm", 9), ("event", *EVENTS[3][:1], 9, EVENTS[3][1])]
+    _, got = run(feature, steps)
+    agg = AGGREGATORS[aggregation]
+    on_time = agg.result(_fold(aggregation, EVENTS[:3]))
+    assert got == [("fire", 0, 10, on_time, 0), ("fire", 0, 10, EXPECTED[aggregation], 1)]
+
+
+def _fold(aggregation: str, events: list[tuple[int, Value]]) -> Any:
+    agg = AGGREGATORS[aggregation]
+    acc = agg.initial()
+    for ts, v in events:
+        acc = agg.add(acc, v, ts)
+    return acc
+
+
+# ---------------------------------------------------------------- state
+
+
+@pytest.mark.parametrize("lateness_ms", [0, 1, 5])
+@pytest.mark.parametrize("spec", [TUMBLING, SLIDING], ids=["tumbling", "sliding"])
+def test_state_is_cleared_when_the_watermark_reaches_end_minus_1_plus_lateness(
+    spec: WindowSpec, lateness_ms: int
+) -> None:
+    feature = lateness("update", lateness_ms, spec)
+    state, _ = run(feature, [("event", 15, NO_WATERMARK)])
+    last_end = max(state)
+    assert len(state) == len(spec.windows_for(15))
+    before, _ = run(feature, [("wm", last_end - 1 + lateness_ms - 1)], state)
+    assert list(before) == [last_end]
+    after, _ = run(feature, [("wm", last_end - 1 + lateness_ms)], state)
+    assert after == {}
+
+
+def test_state_stays_bounded_over_a_long_stream() -> None:
+    op = WindowOperator(lateness("update", 25, SLIDING))
+    state, peak = op.initial_state(), 0
+    for ts in range(0, 10_000, 3):
+        state, _ = op.on_event(state, ts, 1.0, ts - 7)
+        peak = max(peak, len(state))
+    # windows open: those still within end-1+L of the watermark, plus the ones the newest event is in
+    assert peak <= (SLIDING.size_ms + 25 + 7) // SLIDING.step_ms + 1
+    assert op.on_watermark(state, END_OF_STREAM)[0] == {}
+
+
+def test_the_state_passed_in_is_never_changed() -> None:
+    op = WindowOperator(lateness("update", 5, SLIDING))
+    state, _ = op.on_event({}, 15, 1.0, NO_WATERMARK)
+    snapshot = dict(state)
+    op.on_event(state, 16, 1.0, NO_WATERMARK)
+    op.on_event(state, 17, 1.0, 19)
+    op.on_watermark(state, 100)
+    assert state == snapshot
+
+
+def test_nothing_to_do_returns_the_same_state() -> None:
+    op = WindowOperator(count10)
+    state, _ = op.on_event({}, 3, 1.0, NO_WATERMARK)
+    assert op.on_watermark(state, 5) == (state, [])
+
+
+def test_due_times_are_where_on_watermark_acts() -> None:
+    op = WindowOperator(lateness("update", 5, SLIDING))
+    state, _ = op.on_event({}, 15, 1.0, NO_WATERMARK)
+    assert op.due_times_ms(state) == [19, 24, 29, 34]
+    for w in range(0, 40):
+        changed = op.on_watermark(state, w)[0] != op.on_watermark(state, w - 1)[0]
+        assert changed == (w in op.due_times_ms(state))
+
+
+# ---------------------------------------------------------------- versions
+
+
+@pytest.mark.parametrize(
+    ("end", "firing", "expected"),
+    [
+        (0, 0, 0),
+        (10, 0, 10_240),
+        (10, 1, 10_241),
+        (10, 1023, 11_263),
+        (1_700_000_000_000, 2, 1_740_800_000_000_002),
+    ],
+)
+def test_version_for(end: int, firing: int, expected: int) -> None:
+    assert version_for(Fire(end - 10, end, 0.0, firing, end - 1)) == expected
+
+
+def test_version_for_refuses_a_firing_beyond_ten_bits() -> None:
+    with pytest.raises(ValueError, match="firing 1024 of window ending 10 does not fit in 10 bits"):
+        version_for(Fire(0, 10, 0.0, 1024, 9))
+
+
+def test_every_refire_has_a_higher_version_and_later_windows_win() -> None:
+    _, outs = run(
+        lateness("update", 50),
+        [
+            ("event", 3, NO_WATERMARK),
+            ("wm", 9),
+            ("event", 4, 9),
+            ("event", 12, 9),
+            ("wm", 19),
+            ("event", 5, 20),
+        ],
+    )
+    fires = [Fire(o[1], o[2], o[3], o[4], o[2] - 1) for o in outs]
+    versions = [version_for(f) for f in fires]
+    by_window: dict[int, list[int]] = {}
+    for f, v in zip(fires, versions, strict=True):
+        by_window.setdefault(f.window_end_ms, []).append(v)
+    assert all(vs == sorted(vs) and len(set(vs)) == len(vs) for vs in by_window.values())
+    assert min(by_window[20]) > max(by_window[10])
