@@ -248,6 +248,10 @@ def test_late_reason_names_window_and_watermark() -> None:
     assert outs == [Late("late: window [0,10) closed at watermark 20", 3, 42.0, 20)]
     op = WindowOperator(lateness("drop", 5))
     assert op.on_event({}, 3, 42.0, 20)[1] == [Dropped("late: window [0,10) closed at watermark 20", 3, 20)]
+    op = WindowOperator(lateness("side_output", 0, SLIDING))  # the newest of its windows closed last
+    assert op.on_event({}, 15, 1.0, 29)[1] == [
+        Late("late: window [10,30) closed at watermark 29", 15, 1.0, 29)
+    ]
 
 
 EVENTS: list[tuple[int, Value]] = [(3, 2.0), (5, 7.0), (1, -1.0), (5, 4.0)]
