@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from typing import Any, Literal, NamedTuple, get_args
 
 from freshet.aggregators import Aggregation, Value, aggregator
+from freshet.versions import feature_version
 
 LatePolicy = Literal["update", "side_output", "drop"]
 
@@ -50,8 +51,6 @@ LatePolicy = Literal["update", "side_output", "drop"]
 NO_WATERMARK = -(2**63)
 #: Flink's ``Long.MAX_VALUE`` watermark, sent when a bounded input ends: every window fires and clears.
 END_OF_STREAM = 2**63 - 1
-
-FIRING_BITS = 10
 
 
 @dataclass(frozen=True)
@@ -149,16 +148,12 @@ WindowState = dict[int, Slot]
 
 
 def version_for(fire: Fire) -> int:
-    """The delta version of a firing: window-end-major, then firing number.
+    """The delta version of a firing (``freshet.versions.feature_version``): window end, then firing.
 
     >>> version_for(Fire(0, 60_000, 3.0, 1, 59_999)) == 60_000 * 1024 + 1
     True
     """
-    if not 0 <= fire.firing < 1 << FIRING_BITS:
-        raise ValueError(
-            f"firing {fire.firing} of window ending {fire.window_end_ms} does not fit in 10 bits"
-        )
-    return fire.window_end_ms << FIRING_BITS | fire.firing
+    return feature_version(fire.window_end_ms, fire.firing)
 
 
 class WindowOperator:

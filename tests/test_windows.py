@@ -358,7 +358,7 @@ def test_version_for(end: int, firing: int, expected: int) -> None:
 
 
 def test_version_for_refuses_a_firing_beyond_ten_bits() -> None:
-    with pytest.raises(ValueError, match="firing 1024 of window ending 10 does not fit in 10 bits"):
+    with pytest.raises(ValueError, match=r"sequence 1024 outside \[0, 1023\]"):
         version_for(Fire(0, 10, 0.0, 1024, 9))
 
 
