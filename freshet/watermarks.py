@@ -14,8 +14,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
+from typing import TYPE_CHECKING
 
 from freshet.windows import NO_WATERMARK
+
+if TYPE_CHECKING:
+    from freshet.spec import Source
 
 
 def bounded_out_of_orderness(max_ts_ms: int | None, max_out_of_orderness_ms: int) -> int:
@@ -65,6 +69,11 @@ class WatermarkPolicy:
             raise ValueError(f"max out-of-orderness must be >= 0, got {self.max_out_of_orderness_ms} ms")
         if self.idle_timeout_ms is not None and self.idle_timeout_ms <= 0:
             raise ValueError(f"idle timeout must be positive, got {self.idle_timeout_ms} ms")
+
+    @classmethod
+    def from_source(cls, source: Source) -> WatermarkPolicy:
+        """The watermark a declared source promises."""
+        return cls(source.watermark.max_out_of_orderness_ms, source.watermark.idle_timeout_ms)
 
     def observe(self, clock: PartitionClock, ts_ms: int, now_ms: int) -> PartitionClock:
         """The partition's clock after an event at ``ts_ms`` arrived at processing time ``now_ms``."""

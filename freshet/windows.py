@@ -9,7 +9,7 @@ The rules are Flink's ``WindowOperator`` with ``EventTimeTrigger``. For a window
 ``max_ts = end - 1`` (Flink's ``maxTimestamp()``), allowed lateness ``L`` and the watermark ``W``
 current when an element arrives:
 
-* the window **fires** once, with firing number 0, when ``W >= max_ts``;
+* the window **fires** on time, once, with firing number 0, when ``W >= max_ts``;
 * an event is **too late** for the window when ``max_ts + L <= W`` (Flink's ``isWindowLate``):
   the window's state is gone and the event cannot join it;
 * otherwise the event **joins** the window (creating its state if there is none). If the window
@@ -28,9 +28,8 @@ names the fate of a *too late* event, which can no longer change any result:
 * ``side_output``: a ``Late`` output with the reason, for the declared topic;
 * ``update`` and ``drop``: a ``Dropped`` output, to be counted.
 
-``update`` and ``drop`` therefore differ only in what the declaration promises (with ``update``
-the author relies on re-fires inside allowed lateness; ``drop`` is the natural choice with
-``L = 0``, where no event is ever re-counted), not in what this module does.
+With ``drop`` the feature definitions require ``L = 0`` (``freshet.spec``), so there every late
+event is too late and dropped; this module treats ``drop`` with ``L > 0`` like ``update``.
 
 A window only exists once an event joined it, so every firing carries at least one event. A
 feature column holds the latest fired window: the replica keeps the highest version, and versions
@@ -40,10 +39,13 @@ are window-end-major. Aggregates are not idempotent: a raw event delivered twice
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, NamedTuple, get_args
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
 from freshet.aggregators import Aggregation, Value, aggregator
 from freshet.versions import feature_version
+
+if TYPE_CHECKING:
+    from freshet.spec import Feature
 
 LatePolicy = Literal["update", "side_output", "drop"]
 
@@ -101,6 +103,18 @@ class WindowedAggregate:
             raise ValueError(f"allowed lateness must be >= 0, got {self.allowed_lateness_ms} ms")
         if self.late_policy not in get_args(LatePolicy):
             raise ValueError(f"late policy must be one of {get_args(LatePolicy)}, got {self.late_policy!r}")
+
+    @classmethod
+    def from_feature(cls, feature: Feature) -> WindowedAggregate:
+        """The window semantics of a declared feature (its filter and field are the caller's)."""
+        window = feature.window
+        slide_ms = window.slide_ms if window.kind == "sliding" else None
+        return cls(
+            WindowSpec(window.size_ms, slide_ms),
+            feature.aggregation,
+            allowed_lateness_ms=feature.allowed_lateness_ms,
+            late_policy=feature.late.policy,
+        )
 
 
 @dataclass(frozen=True)

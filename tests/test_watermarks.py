@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from freshet.spec import load_feature_set
 from freshet.watermarks import (
     PartitionClock,
     WatermarkPolicy,
@@ -88,3 +91,8 @@ def test_observe_keeps_the_greatest_event_time() -> None:
 def test_invalid_policies_are_refused(bound_ms: int, idle_ms: int | None, message: str) -> None:
     with pytest.raises(ValueError, match=message):
         WatermarkPolicy(bound_ms, idle_ms)
+
+
+def test_from_source_reads_the_declared_watermark() -> None:
+    features = load_feature_set(Path(__file__).parent.parent / "feature_defs")
+    assert WatermarkPolicy.from_source(features.source("engagement")) == WatermarkPolicy(5_000, 30_000)

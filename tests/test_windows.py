@@ -7,6 +7,7 @@ a compact form: ``("fire", start, end, value, firing)``, ``("late", ts_ms)``, ``
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -14,6 +15,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from freshet.aggregators import AGGREGATORS, Value
+from freshet.spec import load_feature_set
 from freshet.windows import (
     END_OF_STREAM,
     NO_WATERMARK,
@@ -29,6 +31,7 @@ from freshet.windows import (
     version_for,
 )
 
+FEATURE_DEFS = Path(__file__).parent.parent / "feature_defs"
 TUMBLING = WindowSpec(10)
 SLIDING = WindowSpec(20, slide_ms=10)
 
@@ -381,3 +384,15 @@ def test_every_refire_has_a_higher_version_and_later_windows_win() -> None:
         by_window.setdefault(f.window_end_ms, []).append(v)
     assert all(vs == sorted(vs) and len(set(vs)) == len(vs) for vs in by_window.values())
     assert min(by_window[20]) > max(by_window[10])
+
+
+# ---------------------------------------------------------------- from the feature definitions
+
+
+def test_from_feature_reads_the_declared_window_semantics() -> None:
+    features = load_feature_set(FEATURE_DEFS)
+    got = {f.name: WindowedAggregate.from_feature(f) for f in features.features}
+    assert got["likes_1h"] == WindowedAggregate(WindowSpec(3_600_000, 300_000), "count", 60_000, "update")
+    assert got["views_10m"] == WindowedAggregate(WindowSpec(600_000), "count", 30_000, "side_output")
+    assert got["unique_likers_1d"].aggregation == "approx_distinct"
+    assert got["dwell_max_1h"] == WindowedAggregate(WindowSpec(3_600_000), "max", 0, "drop")
