@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import struct
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -220,6 +220,22 @@ class DecodedBatch:
         """The rows of ``kind`` (records are grouped by kind in enum order)."""
         start = int(np.searchsorted(self.kind, int(kind), side="left"))
         return slice(start, int(np.searchsorted(self.kind, int(kind), side="right")))
+
+    def select(self, keep: npt.NDArray[np.bool_]) -> DecodedBatch:
+        """The records where ``keep`` is true, value matrices included; ``rejected`` is unchanged."""
+
+        def of_kind(kind: DeltaKind, matrix: npt.NDArray[Any]) -> npt.NDArray[Any]:
+            chosen: npt.NDArray[Any] = matrix[keep[self.kind_slice(kind)]]
+            return chosen
+
+        columns = ("kind", "item_id", "region", "version", "event_time_ms", "model_version", "source_index")
+        return replace(
+            self,
+            **{name: getattr(self, name)[keep] for name in columns},
+            embeddings=of_kind(DeltaKind.EMBEDDING, self.embeddings),
+            feature_values=of_kind(DeltaKind.FEATURE, self.feature_values),
+            eligibility_words=of_kind(DeltaKind.ELIGIBILITY, self.eligibility_words),
+        )
 
     def delta(self, i: int) -> Delta:
         """Row ``i`` as a ``Delta`` (for tests and logs; the apply path stays columnar)."""

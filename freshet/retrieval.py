@@ -1,0 +1,150 @@
+"""Retrieval maths of the index-as-model: eligibility filters, feature score terms, deterministic top-k.
+
+The score of an item is ``query · embedding + Σ weight · transform(feature)`` over the layout's score terms,
+where ``log1p`` applies to the non-negative part of a feature (``log1p(max(x, 0))``), so a negative value can
+never make a score NaN. Ties rank by ascending item id, so every replica returns the same list.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import TypeVar
+
+import numpy as np
+import numpy.typing as npt
+import torch
+
+from freshet.bits import bloom_positions, words_from_positions
+from freshet.errors import FreshetError
+from freshet.layout import TensorLayout
+
+T = TypeVar("T")
+
+
+class QueryError(FreshetError):
+    """A query names unknown bits or fields, has the wrong shape, or asks for nothing sensible."""
+
+
+@dataclass(frozen=True, eq=False)
+class RetrievalResult:
+    """Top-k items, best first: ids, scores, and each one's feature row (columns in layout order)."""
+
+    item_ids: npt.NDArray[np.int64]
+    scores: npt.NDArray[np.float32]
+    features: npt.NDArray[np.float32]  # [k, num_features]
+    feature_names: tuple[str, ...]
+
+    def __len__(self) -> int:
+        return int(self.item_ids.shape[0])
+
+
+@dataclass(frozen=True)
+class EligibilityFilter:
+    """Word masks: every ``required`` bit set, every ``excluded`` bit clear, and for each Bloom field at least
+    one value whose positions are all set (``any_of[field][value]``)."""
+
+    required: tuple[int, ...]
+    excluded: tuple[int, ...]
+    any_of: tuple[tuple[tuple[int, ...], ...], ...]
+
+    def mask(self, eligibility: torch.Tensor) -> torch.Tensor | None:
+        """bool[rows] of eligible rows, or ``None`` when nothing is filtered."""
+        keep = _all_set(eligibility, self.required)
+        keep = _and(keep, _all_clear(eligibility, self.excluded))
+        for values in self.any_of:
+            keep = _and(keep, _any_value(eligibility, values))
+        return keep
+
+
+def compile_filter(
+    layout: TensorLayout,
+    required_bits: Sequence[str] = (),
+    excluded_bits: Sequence[str] = (),
+    bloom: Mapping[str, Sequence[str]] | None = None,
+) -> EligibilityFilter:
+    """Turn bit and field names into word masks; raises ``QueryError`` naming what is unknown."""
+    any_of = []
+    for name, values in (bloom or {}).items():
+        field = _lookup(layout.bloom, name, "Bloom field", [f.name for f in layout.bloom_fields])
+        if isinstance(values, str) or not values:
+            raise QueryError(f"Bloom field {name!r} needs a non-empty list of values, got {values!r}")
+        any_of.append(tuple(_words(layout, bloom_positions(field, v)) for v in values))
+    return EligibilityFilter(
+        _bit_words(layout, required_bits), _bit_words(layout, excluded_bits), tuple(any_of)
+    )
+
+
+def _bit_words(layout: TensorLayout, names: Sequence[str]) -> tuple[int, ...]:
+    if isinstance(names, str):
+        raise QueryError(f"bit names must be a list, got the string {names!r}")
+    known = [b.name for b in layout.exact_bits]
+    return _words(layout, [_lookup(layout.bit, n, "exact bit", known).position for n in names])
+
+
+def _lookup(find: Callable[[str], T], name: str, what: str, known: list[str]) -> T:
+    try:
+        return find(name)
+    except KeyError:
+        raise QueryError(f"unknown {what} {name!r}; the layout has {sorted(known)}") from None
+
+
+def _words(layout: TensorLayout, positions: Sequence[int]) -> tuple[int, ...]:
+    return tuple(int(w) for w in words_from_positions(positions, layout.eligibility_words))
+
+
+def _and(a: torch.Tensor | None, b: torch.Tensor | None) -> torch.Tensor | None:
+    if a is None or b is None:
+        return a if b is None else b
+    return a & b
+
+
+def _all_set(eligibility: torch.Tensor, words: Sequence[int]) -> torch.Tensor | None:
+    keep = None
+    for w, bits in enumerate(words):
+        if bits:
+            keep = _and(keep, (eligibility[:, w] & bits) == bits)
+    return keep
+
+
+def _all_clear(eligibility: torch.Tensor, words: Sequence[int]) -> torch.Tensor | None:
+    keep = None
+    for w, bits in enumerate(words):
+        if bits:
+            keep = _and(keep, (eligibility[:, w] & bits) == 0)
+    return keep
+
+
+def _any_value(eligibility: torch.Tensor, values: Sequence[Sequence[int]]) -> torch.Tensor:
+    hit = torch.zeros(eligibility.shape[0], dtype=torch.bool)
+    for words in values:
+        every = _all_set(eligibility, words)
+        hit |= torch.ones_like(hit) if every is None else every
+    return hit
+
+
+def feature_scores(layout: TensorLayout, features: torch.Tensor) -> torch.Tensor:
+    """float32[rows]: the score terms of ``features`` [rows, num_features]."""
+    total = torch.zeros(features.shape[0], dtype=torch.float32)
+    for term in layout.score_terms:
+        column = features[:, term.column]
+        value = torch.log1p(column.clamp(min=0)) if term.transform == "log1p" else column
+        total += term.weight * value
+    return total
+
+
+def top_k(scores: torch.Tensor, keep: torch.Tensor, item_ids: torch.Tensor, k: int) -> npt.NDArray[np.int64]:
+    """Rows of the ``k`` best kept scores, best first, ties by ascending item id (exact, not approximate).
+
+    ``torch.topk`` finds the k-th best score; every kept row at least that good is a candidate, and a
+    lexicographic sort of the few candidates settles ties the same way on every replica.
+    """
+    k = min(k, int(keep.sum()))
+    if k <= 0:
+        return np.zeros(0, dtype=np.int64)
+    masked = torch.where(keep, scores, torch.tensor(float("-inf")))
+    threshold = torch.topk(masked, k, sorted=False).values.min()
+    rows = torch.nonzero((masked >= threshold) & keep).squeeze(1).numpy()
+    order = np.lexsort((item_ids[rows].numpy(), -scores[rows].numpy()))
+    best: npt.NDArray[np.int64] = rows[order[:k]]
+    return best
