@@ -202,6 +202,8 @@ def test_keyed_exactly_once_output_is_visible_only_after_a_checkpoint(
 
         final = job.cancel()
         assert final == {"cancelled": job.job_id, "status": "CANCELED"}
+        retained = tmp_path / "checkpoints" / job.job_id / f"chk-{checkpoint_id}" / "_metadata"
+        assert retained.is_file(), "the checkpoint is retained on cancel, in the configured directory"
 
 
 def _assert_checkpointing_configured(job: SmokeJob) -> None:
