@@ -42,6 +42,13 @@ def _construct_mapping(loader: _StrictLoader, node: yaml.MappingNode) -> dict[An
 _StrictLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
 
 
+def _explain(exc: yaml.MarkedYAMLError) -> str:
+    """PyYAML's problem, with where the construct it was reading began (often the real mistake)."""
+    if exc.context and exc.context_mark and exc.problem:
+        return f"{exc.problem} ({exc.context} at line {exc.context_mark.line + 1})"
+    return str(exc.problem or exc.context)
+
+
 def read_yaml(text: str) -> Any:
     """The one YAML document in ``text``; raises ``YamlProblem`` on a syntax error or a duplicate key.
 
@@ -57,6 +64,6 @@ def read_yaml(text: str) -> Any:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line, column = (mark.line + 1, mark.column + 1) if mark else (0, 0)
-        raise YamlProblem(f"invalid YAML: {exc.problem or exc.context}", line, column) from exc
+        raise YamlProblem(f"invalid YAML: {_explain(exc)}", line, column) from exc
     except yaml.YAMLError as exc:
         raise YamlProblem(f"invalid YAML: {exc}", 0, 0) from exc
