@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import textwrap
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -171,6 +173,60 @@ def test_constructing_an_inconsistent_feature_set_raises_spec_error() -> None:
         FeatureSet.model_validate(twice)
     assert raised.value.problems == [
         "feature set: features[8].name: feature 'likes_1h' is already declared at features[0]; rename one"
+    ]
+
+
+def test_the_example_in_the_package_docstring_is_valid() -> None:
+    import freshet.spec
+
+    doc = freshet.spec.__doc__ or ""
+    example = doc.split("::", 1)[1].split("Problems read", 1)[0]
+    fs = feature_set_from_yaml(textwrap.dedent(example))
+    assert [c.name for c in fs.layout().feature_columns] == ["likes_1h"]
+
+
+@pytest.mark.parametrize(
+    ("feature", "problem"),
+    [
+        # an unknown key that happens to be a window kind is still named as written
+        (
+            {"window": {"kind": "tumbling", "size": "1h", "sliding": 1}},
+            "window.sliding: unknown key 'sliding'",
+        ),
+        # YAML 1.1 reads an unquoted no/yes/on/off as a boolean: the message says so
+        (
+            {"name": False},
+            "name: expected a string, got False (YAML reads yes/no/on/off/true/false as booleans",
+        ),
+        ({"window": {"kind": "sliding", "size": "1h"}}, "window.slide: required, but missing"),
+        ({"window": {"size": "1h"}}, "window.kind: required, but missing"),
+        (
+            {"filter": {"not": {"field": "action", "eq": [1]}}},
+            "filter.not.eq: expected a string, number or true/false",
+        ),
+        ({"filter": {"field": "action", "range": {}}}, "filter.range: give min, max or both"),
+        ({"default": float("inf")}, "default: expected a finite number, got inf"),
+    ],
+)
+def test_messages_name_the_key_as_written(feature: dict[str, Any], problem: str) -> None:
+    base = {
+        "name": "f",
+        "source": "engagement",
+        "aggregation": "count",
+        "window": {"kind": "tumbling", "size": "1h"},
+    }
+    with pytest.raises(SpecError) as raised:
+        feature_set_from_yaml(yaml.safe_dump({"features": [{**base, **feature}]}), "x.yaml")
+    assert any(p.startswith(f"x.yaml: features[0].{problem}") for p in raised.value.problems), (
+        raised.value.problems
+    )
+
+
+def test_a_file_that_is_not_a_mapping_is_one_problem() -> None:
+    with pytest.raises(SpecError) as raised:
+        feature_set_from_yaml("- just\n- a list\n", "x.yaml")
+    assert raised.value.problems == [
+        "x.yaml: expected a mapping of sections (entity, sources, features, embedding, eligibility), got ['just', 'a list']"
     ]
 
 

@@ -11,6 +11,11 @@ file)::
         event_time: ts
         watermark: {max_out_of_orderness: 5s, idle_timeout: 1m}
         fields: {user_id: int, action: string}
+      - name: item_attributes
+        topic: item.attributes
+        event_time: ts
+        watermark: {max_out_of_orderness: 30s, idle_timeout: 5m}
+        fields: {title: string, policy_status: string, region: strings}
     features:
       - name: likes_1h
         source: engagement
@@ -18,9 +23,10 @@ file)::
         aggregation: count
         window: {kind: sliding, size: 1h, slide: 5m}
         allowed_lateness: 1m
-        late: {policy: update}
+        late: {policy: update}        # or side_output (with topic: ...) or drop
+        default: 0
         score: {weight: 0.5, transform: log1p}
-    embedding: {source: items_published, input_fields: [text, topic], dim: 64, dtype: float32, model: two_tower}
+    embedding: {source: item_attributes, input_fields: [title], dim: 64, dtype: float32, model: two_tower}
     eligibility:
       source: item_attributes
       bits:

@@ -15,9 +15,10 @@ from functools import cached_property
 from typing import Any
 
 from freshet.events import FieldKind
+from freshet.spec.kinds import aggregated_field_problem, attribute_test_problems, field_kinds, unknown_field
 from freshet.spec.models import MAX_EXACT_BITS, DefinitionFile, Entity, Source
 from freshet.spec.positions import assign_bit_positions
-from freshet.spec.predicates import AttributeTest, Contains, In, Predicate, Range
+from freshet.spec.predicates import Predicate
 
 
 @dataclass(frozen=True, order=True)
@@ -196,14 +197,6 @@ def _choices(name: str, known: set[str]) -> str:
     return f"declared: {', '.join(sorted(known))}" if known else "no source is declared"
 
 
-def field_kinds(source: Source, entity: Entity | None) -> dict[str, FieldKind]:
-    """Every field a source's events carry: the declared ones, the key (int) and the event time."""
-    implicit: dict[str, FieldKind] = {source.event_time: "any"}
-    if entity is not None:
-        implicit[entity.key] = "int"
-    return {**source.fields, **implicit}
-
-
 def _implicit_fields_undeclared(ctx: Context) -> Iterator[Problem]:
     key = ctx.entity.key if ctx.entity else None
     for part in ctx.parts:
@@ -218,12 +211,6 @@ def _implicit_fields_undeclared(ctx: Context) -> Iterator[Problem]:
                 yield Problem(part.label, f"{path}.fields.{source.event_time}", message)
 
 
-_NUMERIC: set[FieldKind] = {"int", "number", "any"}
-_NEEDS: dict[str, tuple[set[FieldKind], str]] = {
-    "approx_distinct": ({"int", "number", "string", "any"}, "an int, number or string"),
-}
-
-
 def _feature_fields(ctx: Context) -> Iterator[Problem]:
     for part in ctx.parts:
         for path, feature in located(part, "features"):
@@ -232,7 +219,7 @@ def _feature_fields(ctx: Context) -> Iterator[Problem]:
                 continue
             kinds = field_kinds(source, ctx.entity)
             if feature.field is not None:
-                message = _aggregated_field_problem(feature.aggregation, feature.field, kinds, source.name)
+                message = aggregated_field_problem(feature.aggregation, feature.field, kinds, source.name)
                 if message:
                     yield Problem(part.label, f"{path}.field", message)
             if feature.filter is not None:
@@ -241,77 +228,12 @@ def _feature_fields(ctx: Context) -> Iterator[Problem]:
                 )
 
 
-def _aggregated_field_problem(
-    aggregation: str, name: str, kinds: Mapping[str, FieldKind], source: str
-) -> str:
-    if name not in kinds:
-        return _unknown_field(name, kinds, source)
-    allowed, described = _NEEDS.get(aggregation, (_NUMERIC, "a number"))
-    if kinds[name] not in allowed:
-        return f"{aggregation} needs {described} field; {name!r} is {kinds[name]}"
-    return ""
-
-
-def _unknown_field(name: str, kinds: Mapping[str, FieldKind], source: str) -> str:
-    return (
-        f"{name!r} is not a field of source {source!r}; declare it in its fields or use one of: "
-        + ", ".join(sorted(kinds))
-    )
-
-
 def _predicate_problems(
     label: str, path: str, predicate: Predicate, kinds: Mapping[str, FieldKind], source: str
 ) -> Iterator[Problem]:
     for test_path, test in predicate.tests(path):
-        for key, message in _test_problems(test, kinds, source):
+        for key, message in attribute_test_problems(test, kinds, source):
             yield Problem(label, f"{test_path}.{key}", message)
-
-
-_HINT: dict[FieldKind, str] = {
-    "int": "write an integer",
-    "number": "write a number",
-    "string": "quote it",
-    "bool": "write true or false",
-}
-
-
-def _fits(kind: FieldKind, value: object) -> bool:
-    if kind == "any":
-        return True
-    if isinstance(value, bool) or kind == "bool":
-        return kind == "bool" and isinstance(value, bool)
-    if kind == "int":
-        return isinstance(value, int)
-    if kind == "number":
-        return isinstance(value, int | float)
-    return isinstance(value, str)
-
-
-def _test_problems(
-    test: AttributeTest, kinds: Mapping[str, FieldKind], source: str
-) -> Iterator[tuple[str, str]]:
-    kind = kinds.get(test.field)
-    if kind is None:
-        yield "field", _unknown_field(test.field, kinds, source)
-    elif isinstance(test, Range):
-        if kind not in _NUMERIC:
-            yield "range", f"range needs a number field; {test.field!r} is {kind}"
-    elif isinstance(test, Contains):
-        if kind not in ("strings", "any"):
-            yield "contains", f"contains needs a strings field; {test.field!r} is {kind}, use eq or in"
-        elif not isinstance(test.contains, str):
-            yield "contains", f"{test.contains!r} can never be among the strings of {test.field!r}; quote it"
-    elif kind == "strings":
-        yield ("in" if isinstance(test, In) else "eq"), f"{test.field!r} holds strings; use contains"
-    else:
-        values = (
-            [("eq", test.eq)]
-            if not isinstance(test, In)
-            else [(f"in[{i}]", v) for i, v in enumerate(test.in_)]
-        )
-        for key, value in values:
-            if not _fits(kind, value):
-                yield key, f"{value!r} can never match {kind} field {test.field!r}; {_HINT.get(kind, '')}"
 
 
 def _embedding_fields(ctx: Context) -> Iterator[Problem]:
@@ -324,7 +246,7 @@ def _embedding_fields(ctx: Context) -> Iterator[Problem]:
         for i, name in enumerate(embedding.input_fields):
             if name not in kinds:
                 yield Problem(
-                    part.label, f"embedding.input_fields[{i}]", _unknown_field(name, kinds, source.name)
+                    part.label, f"embedding.input_fields[{i}]", unknown_field(name, kinds, source.name)
                 )
 
 
@@ -340,7 +262,7 @@ def _eligibility_fields(ctx: Context) -> Iterator[Problem]:
         for path, bloom in located(part, "bloom"):
             kind = kinds.get(bloom.field)
             if kind is None:
-                yield Problem(part.label, f"{path}.field", _unknown_field(bloom.field, kinds, source.name))
+                yield Problem(part.label, f"{path}.field", unknown_field(bloom.field, kinds, source.name))
             elif kind not in ("string", "strings", "any"):
                 message = f"Bloom fields hash strings; {bloom.field!r} is {kind}, use an exact bit"
                 yield Problem(part.label, f"{path}.field", message)

@@ -32,11 +32,17 @@ class FeatureSet(DefinitionFile):
 
     def source(self, name: str) -> Source:
         """The source called ``name``."""
-        return next(s for s in self.sources if s.name == name)
+        for source in self.sources:
+            if source.name == name:
+                return source
+        raise KeyError(f"no source named {name!r}")
 
     def feature(self, name: str) -> Feature:
         """The feature called ``name``."""
-        return next(f for f in self.features if f.name == name)
+        for feature in self.features:
+            if feature.name == name:
+                return feature
+        raise KeyError(f"no feature named {name!r}")
 
     def layout(self) -> TensorLayout:
         """The tensor layout: columns in declaration order, exact bits, then word-aligned Bloom blocks."""

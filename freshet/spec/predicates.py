@@ -83,6 +83,7 @@ class Eq(Frozen):
         return same_value(record.get(self.field), self.eq)
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         yield path, self
 
 
@@ -98,6 +99,7 @@ class In(Frozen):
         return any(same_value(value, v) for v in self.in_)
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         yield path, self
 
 
@@ -113,6 +115,7 @@ class Contains(Frozen):
         return value is not None and any(same_value(v, self.contains) for v in _values(value))
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         yield path, self
 
 
@@ -147,6 +150,7 @@ class Range(Frozen):
         return (low is None or number >= low) and (high is None or number <= high)
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         yield path, self
 
 
@@ -160,6 +164,7 @@ class AllOf(Frozen):
         return all(p.matches(record) for p in self.all)
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         for i, p in enumerate(self.all):
             yield from p.tests(f"{path}.all[{i}]")
 
@@ -174,6 +179,7 @@ class AnyOf(Frozen):
         return any(p.matches(record) for p in self.any)
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         for i, p in enumerate(self.any):
             yield from p.tests(f"{path}.any[{i}]")
 
@@ -188,6 +194,7 @@ class Not(Frozen):
         return not self.not_.matches(record)
 
     def tests(self, path: str) -> Iterator[tuple[str, AttributeTest]]:
+        """Every single-field test in this predicate, with its dotted path under ``path``."""
         yield from self.not_.tests(f"{path}.not")
 
 
