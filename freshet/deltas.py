@@ -2,7 +2,7 @@
 
 A delta says "item I, region R := V at version v" — absolute, never "add 1" (DESIGN contract 2).
 
-Versions follow ``freshet.versions`` (re-exported here): ``time_ms << 10 | seq`` on one timeline shared
+Versions follow ``freshet.versions`` (re-exported here): ``time_ms << 20 | seq`` on one timeline shared
 by every region, so that a tombstone can be compared with each of them.
 
 **Wire format** (codec version 1): one Kafka record value is one delta, a fixed 48-byte little-endian header

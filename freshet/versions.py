@@ -1,13 +1,15 @@
 """The version rule of DESIGN contract 2: versions derived from event time and the computation.
 
 All regions of an item share one timeline, so a delete can be compared with every region:
-``version = time_ms << 10 | seq`` with ``0 <= seq < 1024``.
+``version = time_ms << 20 | seq`` with ``0 <= seq < 2**20``. Twenty bits of sequence let a hot
+item's window re-fire once per late event (a million times) within its allowed lateness; 43 bits of
+millisecond time reach the year 2248.
 
 * embedding: ``embedding_version(publish_time_ms)``, the item's publish event time (seq 0);
 * eligibility: ``eligibility_version(change_time_ms)``, the attribute change event time (seq 0);
 * feature column: ``feature_version(window_end_ms, firing)``, the window end, and the firing number in seq
   (a late firing of the same window carries a larger version than the on-time one);
-* tombstone: ``tombstone_version(delete_time_ms)``, the delete event time with seq 1023, so a delete wins
+* tombstone: ``tombstone_version(delete_time_ms)``, the delete event time with the largest seq, so a delete wins
   over every other delta of the same millisecond.
 
 Each is a pure function of event time and the computation, so a stream re-emitted after a Flink restore
@@ -16,7 +18,7 @@ carries the same versions, and a replica that keeps the newest version per (item
 
 from __future__ import annotations
 
-VERSION_SEQ_BITS = 10
+VERSION_SEQ_BITS = 20
 MAX_SEQ = (1 << VERSION_SEQ_BITS) - 1
 #: event times above this would overflow int64 once shifted
 MAX_TIME_MS = (1 << (63 - VERSION_SEQ_BITS)) - 1
@@ -65,7 +67,7 @@ def eligibility_version(change_time_ms: int) -> int:
 def tombstone_version(delete_time_ms: int) -> int:
     """Version of a delete: it wins over every other delta of the same millisecond.
 
-    >>> tombstone_version(7) > feature_version(7, 1022) and tombstone_version(7) < embedding_version(8)
+    >>> tombstone_version(7) > feature_version(7, MAX_SEQ - 1) and tombstone_version(7) < embedding_version(8)
     True
     """
     return event_version(delete_time_ms, MAX_SEQ)

@@ -164,7 +164,7 @@ WindowState = dict[int, Slot]
 def version_for(fire: Fire) -> int:
     """The delta version of a firing (``freshet.versions.feature_version``): window end, then firing.
 
-    >>> version_for(Fire(0, 60_000, 3.0, 1, 59_999)) == 60_000 * 1024 + 1
+    >>> version_for(Fire(0, 60_000, 3.0, 1, 59_999)) == 60_000 * 2**20 + 1
     True
     """
     return feature_version(fire.window_end_ms, fire.firing)

@@ -211,7 +211,7 @@ def test_final_values_keep_the_highest_version() -> None:
     ]
     assert final_values(outputs) == {
         "x": FinalValue(7.0, version_for(Fire(10, 20, 7.0, 0, 19))),
-        "y": FinalValue(4.0, 10 << 10 | 1),
+        "y": FinalValue(4.0, 10 << 20 | 1),
     }
 
 

@@ -350,19 +350,19 @@ def test_due_times_are_where_on_watermark_acts() -> None:
     ("end", "firing", "expected"),
     [
         (0, 0, 0),
-        (10, 0, 10_240),
-        (10, 1, 10_241),
-        (10, 1023, 11_263),
-        (1_700_000_000_000, 2, 1_740_800_000_000_002),
+        (10, 0, 10 << 20),
+        (10, 1, (10 << 20) + 1),
+        (10, (1 << 20) - 1, (11 << 20) - 1),
+        (1_700_000_000_000, 2, 1_700_000_000_000 * 2**20 + 2),
     ],
 )
 def test_version_for(end: int, firing: int, expected: int) -> None:
     assert version_for(Fire(end - 10, end, 0.0, firing, end - 1)) == expected
 
 
-def test_version_for_refuses_a_firing_beyond_ten_bits() -> None:
-    with pytest.raises(ValueError, match=r"sequence 1024 outside \[0, 1023\]"):
-        version_for(Fire(0, 10, 0.0, 1024, 9))
+def test_version_for_refuses_a_firing_beyond_twenty_bits() -> None:
+    with pytest.raises(ValueError, match=r"sequence 1048576 outside \[0, 1048575\]"):
+        version_for(Fire(0, 10, 0.0, 1 << 20, 9))
 
 
 def test_every_refire_has_a_higher_version_and_later_windows_win() -> None:
