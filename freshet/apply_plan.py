@@ -118,8 +118,9 @@ def _winning_updates(batch: DecodedBatch, inv: Ints, rows: Ints, tomb_new: Ints,
     cell = u * versions.shape[1] + region
     order = np.lexsort((updates, -version, cell))  # per cell: newest first, then first in input
     first = order[np.r_[True, cell[order][1:] != cell[order][:-1]]] if order.size else order
-    row = rows[u[first]]
-    current = np.where(row >= 0, versions[np.maximum(row, 0), region[first]], -1)
+    row, current = rows[u[first]], np.full(first.shape[0], -1, dtype=np.int64)
+    known = row >= 0
+    current[known] = versions[row[known], region[first][known]]
     keep = version[first] > np.maximum(current, tomb_new[u[first]])
     return np.sort(updates[first[keep]])
 

@@ -9,7 +9,7 @@ import numpy as np
 
 from freshet.deltas import Delta, DeltaKind
 from freshet.layout import REGION_FIRST_FEATURE, BloomField, ExactBit, FeatureColumn, ScoreTerm, TensorLayout
-from freshet.versions import embedding_version, eligibility_version, feature_version, tombstone_version
+from freshet.versions import eligibility_version, embedding_version, feature_version, tombstone_version
 
 
 def small_layout(dim: int = 4, embedding_dtype: str = "float32") -> TensorLayout:
@@ -39,7 +39,9 @@ def embedding(item_id: int, time_ms: int, values: Sequence[float], model_version
     return Delta(DeltaKind.EMBEDDING, item_id, 0, embedding_version(time_ms), time_ms, vec, model_version)
 
 
-def feature(layout: TensorLayout, item_id: int, column: int, window_end_ms: int, value: float, firing: int = 0) -> Delta:
+def feature(
+    layout: TensorLayout, item_id: int, column: int, window_end_ms: int, value: float, firing: int = 0
+) -> Delta:
     version = feature_version(window_end_ms, firing)
     region = REGION_FIRST_FEATURE + column
     return Delta(DeltaKind.FEATURE, item_id, region, version, window_end_ms, np.array([value], np.float32))
@@ -51,24 +53,28 @@ def eligibility(item_id: int, time_ms: int, words: Sequence[int]) -> Delta:
 
 
 def tombstone(item_id: int, time_ms: int) -> Delta:
-    return Delta(DeltaKind.TOMBSTONE, item_id, 0, tombstone_version(time_ms), time_ms, np.zeros(0, np.float32))
+    return Delta(
+        DeltaKind.TOMBSTONE, item_id, 0, tombstone_version(time_ms), time_ms, np.zeros(0, np.float32)
+    )
 
 
-def random_stream(layout: TensorLayout, rng: random.Random, n: int, num_items: int = 40) -> list[Delta]:
+def random_stream(
+    layout: TensorLayout, rng: random.Random, n: int, num_items: int = 40, model_version: int = 0
+) -> list[Delta]:
     """A plausible delta stream: every kind, re-publishes, deletes, late firings; values are a function of the
     version, as the contract promises (the same version always carries the same value)."""
     deltas = []
     for _ in range(n):
         item, t = rng.randrange(num_items), rng.randrange(1, 200)
-        deltas.append(_random_delta(layout, rng, item, t))
+        deltas.append(_random_delta(layout, rng, item, t, model_version))
     return deltas
 
 
-def _random_delta(layout: TensorLayout, rng: random.Random, item: int, t: int) -> Delta:
+def _random_delta(layout: TensorLayout, rng: random.Random, item: int, t: int, model_version: int) -> Delta:
     kind = rng.choices(list(DeltaKind), weights=[4, 5, 2, 1])[0]
     seed = np.random.default_rng([item, t, int(kind)])
     if kind is DeltaKind.EMBEDDING:
-        return embedding(item, t, seed.integers(-4, 5, layout.embedding_dim))
+        return embedding(item, t, seed.integers(-4, 5, layout.embedding_dim), model_version)
     if kind is DeltaKind.FEATURE:
         column, firing = rng.randrange(layout.num_features), rng.randrange(3)
         return feature(layout, item, column, t, float(seed.integers(0, 50)) + firing + column, firing)

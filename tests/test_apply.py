@@ -12,12 +12,12 @@ import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from index_helpers import eligibility, embedding, feature, random_stream, small_layout, tombstone, wide_layout
+from index_helpers import embedding, feature, random_stream, small_layout, tombstone, wide_layout
 
 from freshet.deltas import DecodedBatch, Delta, DeltaKind, batch_of
 from freshet.layout import ExactBit, FeatureColumn, TensorLayout
 from freshet.model import IncompatibleBatchError, IndexModel
-from freshet.versions import embedding_version, eligibility_version, feature_version
+from freshet.versions import eligibility_version, embedding_version, feature_version
 
 LAYOUT = small_layout()
 
@@ -69,10 +69,16 @@ def test_last_writer_wins_by_version(name: str, batches: list[list[Delta]], expe
 def test_features_are_versioned_per_column_and_survive_a_newer_delete_only_if_newer() -> None:
     model = IndexModel(LAYOUT)
     applied(model, [embedding(1, 1, [1] * 4), feature(LAYOUT, 1, 0, 10, 1.0), feature(LAYOUT, 1, 1, 30, 2.0)])
-    applied(model, [feature(LAYOUT, 1, 0, 10, 9.0, firing=1), feature(LAYOUT, 1, 1, 20, 9.0)], [tombstone(1, 25)])
+    applied(
+        model, [feature(LAYOUT, 1, 0, 10, 9.0, firing=1), feature(LAYOUT, 1, 1, 20, 9.0)], [tombstone(1, 25)]
+    )
     item = model.item(1)
     assert item is not None and not item["valid"]
-    assert item["features"] == {"likes": 0.0, "shares": 2.0, "ctr": 0.5}  # likes reset to default, shares newer
+    assert item["features"] == {
+        "likes": 0.0,
+        "shares": 2.0,
+        "ctr": 0.5,
+    }  # likes reset to default, shares newer
     assert item["versions"]["likes"] == item["tombstone_version"]
 
 
@@ -96,7 +102,9 @@ def test_embeddings_of_another_model_version_are_rejected_untouched() -> None:
     model = IndexModel(LAYOUT, model_version=2)
     model.apply(batch_of([embedding(1, 1, [1] * 4, model_version=2)], LAYOUT))
     before = model.digest()
-    stats = model.apply(batch_of([embedding(1, 9, [9] * 4, model_version=1), feature(LAYOUT, 5, 0, 1, 1.0)], LAYOUT))
+    stats = model.apply(
+        batch_of([embedding(1, 9, [9] * 4, model_version=1), feature(LAYOUT, 5, 0, 1, 1.0)], LAYOUT)
+    )
     assert stats.rejected == {"model_version_mismatch": 1} and stats.applied == 1
     assert emb_of(model, 1) == [1] * 4
     stats = model.apply(batch_of([embedding(7, 9, [9] * 4, model_version=3)], LAYOUT))
@@ -162,7 +170,10 @@ def _oracle_item(deltas: list[Delta], layout: TensorLayout) -> dict | None:  # t
     if not best:
         return None
     names = ["embedding", "eligibility", *(c.name for c in layout.feature_columns)]
-    features = {c.name: best[2 + c.index].values[0] if 2 + c.index in best else c.default for c in layout.feature_columns}
+    features = {
+        c.name: best[2 + c.index].values[0] if 2 + c.index in best else c.default
+        for c in layout.feature_columns
+    }
     return {
         "valid": 0 in best,
         "embedding": best[0].values.tolist() if 0 in best else [0.0] * layout.embedding_dim,
@@ -179,7 +190,9 @@ def assert_matches_oracle(model: IndexModel, deltas: list[Delta]) -> None:
             assert got is None, item_id
             continue
         assert got is not None, item_id
-        assert {k: got[k].tolist() if k in ("embedding", "eligibility") else got[k] for k in expected} == expected
+        assert {
+            k: got[k].tolist() if k in ("embedding", "eligibility") else got[k] for k in expected
+        } == expected
 
 
 def apply_in_batches(model: IndexModel, deltas: list[Delta], rng: random.Random) -> None:
@@ -248,7 +261,11 @@ def generation_batch(b: int) -> DecodedBatch:
     emb_ids = np.concatenate([ids, [10_000 + 2 * b, 10_001 + 2 * b]])
     feat_ids, feat_cols = np.repeat(ids, TORN.num_features), np.tile(np.arange(TORN.num_features), HOT_ITEMS)
     kinds = [DeltaKind.EMBEDDING] * n_emb + [DeltaKind.FEATURE] * n_feat + [DeltaKind.ELIGIBILITY] * HOT_ITEMS
-    versions = [embedding_version(b)] * n_emb + [feature_version(b, 0)] * n_feat + [eligibility_version(b)] * HOT_ITEMS
+    versions = (
+        [embedding_version(b)] * n_emb
+        + [feature_version(b, 0)] * n_feat
+        + [eligibility_version(b)] * HOT_ITEMS
+    )
     embeddings = np.full((n_emb, 8), float(b), np.float32)
     embeddings[HOT_ITEMS:] = -1.0
     return DecodedBatch(

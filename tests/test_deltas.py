@@ -90,7 +90,10 @@ REJECTIONS = [
     ("truncated", b""),
     ("bad_magic", b"XX" + GOOD_EMBEDDING[2:]),
     ("codec_version", _patch(GOOD_EMBEDDING, 2, "<B", 2)),
-    ("layout_hash", encode_delta(embedding(7, 1, [1.0] * 8), WIDE)[:HEADER_BYTES] + GOOD_EMBEDDING[HEADER_BYTES:]),
+    (
+        "layout_hash",
+        encode_delta(embedding(7, 1, [1.0] * 8), WIDE)[:HEADER_BYTES] + GOOD_EMBEDDING[HEADER_BYTES:],
+    ),
     ("unknown_kind", _patch(GOOD_EMBEDDING, 3, "<B", 9)),
     ("unknown_kind", _patch(GOOD_EMBEDDING, 3, "<B", 0)),
     ("length", GOOD_EMBEDDING[:-1]),
@@ -186,7 +189,9 @@ def test_any_bytes_decode_or_raise_the_one_error(value: bytes) -> None:
 
 
 @settings(max_examples=300)
-@given(valid_deltas(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4))
+@given(
+    valid_deltas(), st.lists(st.tuples(st.integers(0, 10_000), st.integers(0, 255)), min_size=1, max_size=4)
+)
 def test_mutated_records_decode_canonically_or_raise(delta: Delta, flips: list[tuple[int, int]]) -> None:
     value = bytearray(encode_delta(delta, WIDE))
     for pos, byte in flips:

@@ -111,7 +111,9 @@ def test_retrieve_equals_the_numpy_reference(seed: int, filters: dict) -> None: 
 
 
 def test_ties_rank_by_ascending_item_id() -> None:
-    items = [Item(i, np.ones(4, np.float32), np.zeros(3, np.float32), set(), set()) for i in (50, 7, 31, 2, 99)]
+    items = [
+        Item(i, np.ones(4, np.float32), np.zeros(3, np.float32), set(), set()) for i in (50, 7, 31, 2, 99)
+    ]
     model = load(items)
     assert model.retrieve(torch.ones(4), 3).item_ids.tolist() == [2, 7, 31]
     assert model(torch.ones(4), 10).item_ids.tolist() == [2, 7, 31, 50, 99]
@@ -119,7 +121,12 @@ def test_ties_rank_by_ascending_item_id() -> None:
 
 def test_only_live_items_with_an_embedding_are_retrieved() -> None:
     model = IndexModel(LAYOUT)
-    model.apply(batch_of([embedding(1, 5, [1, 0, 0, 0]), embedding(2, 5, [2, 0, 0, 0]), feature(LAYOUT, 3, 0, 5, 9.0)], LAYOUT))
+    model.apply(
+        batch_of(
+            [embedding(1, 5, [1, 0, 0, 0]), embedding(2, 5, [2, 0, 0, 0]), feature(LAYOUT, 3, 0, 5, 9.0)],
+            LAYOUT,
+        )
+    )
     model.apply(batch_of([tombstone(2, 6)], LAYOUT))
     assert model.retrieve(torch.tensor([1.0, 0, 0, 0]), 10).item_ids.tolist() == [1]
     assert len(model) == 1
@@ -129,7 +136,7 @@ def test_score_terms_add_transformed_features() -> None:
     layout = small_layout()  # likes: 0.25 * log1p, ctr: 2.0 * none
     model = IndexModel(layout)
     deltas = [embedding(1, 1, [1, 0, 0, 0]), feature(layout, 1, 0, 1, 10.0), feature(layout, 1, 2, 1, -3.0)]
-    model.apply(batch_of(deltas + [embedding(2, 1, [0, 0, 0, 0]), feature(layout, 2, 0, 1, -5.0)], layout))
+    model.apply(batch_of([*deltas, embedding(2, 1, [0, 0, 0, 0]), feature(layout, 2, 0, 1, -5.0)], layout))
     result = model.retrieve(torch.tensor([2.0, 0, 0, 0]), 2)
     expected_1 = 2.0 + 0.25 * np.log1p(10.0) + 2.0 * -3.0
     expected_2 = 0.0 + 0.25 * np.log1p(0.0) + 2.0 * 0.5  # negative likes count as 0; ctr keeps its default
@@ -164,7 +171,11 @@ def test_empty_model_returns_nothing() -> None:
 
 def test_item_shows_one_row_by_name() -> None:
     model = IndexModel(LAYOUT)
-    model.apply(batch_of([embedding(4, 2, [1, 2, 3, 4]), feature(LAYOUT, 4, 1, 3, 7.0), eligibility(4, 2, [5])], LAYOUT))
+    model.apply(
+        batch_of(
+            [embedding(4, 2, [1, 2, 3, 4]), feature(LAYOUT, 4, 1, 3, 7.0), eligibility(4, 2, [5])], LAYOUT
+        )
+    )
     item = model.item(4)
     assert item is not None and item["valid"]
     assert item["embedding"].tolist() == [1, 2, 3, 4]
@@ -179,7 +190,9 @@ def test_item_shows_one_row_by_name() -> None:
 def test_half_precision_layouts_store_rounded_embeddings(dtype: str) -> None:
     layout = small_layout(embedding_dtype=dtype)
     model = IndexModel(layout)
-    model.apply(batch_of([embedding(1, 1, [1.0, 0.333, -2.0, 8.0]), embedding(2, 1, [0.0, 0.0, 1.0, 0.0])], layout))
+    model.apply(
+        batch_of([embedding(1, 1, [1.0, 0.333, -2.0, 8.0]), embedding(2, 1, [0.0, 0.0, 1.0, 0.0])], layout)
+    )
     expected = torch.tensor([1.0, 0.333, -2.0, 8.0]).to(getattr(torch, dtype)).float()
     assert model.item(1)["embedding"].tolist() == expected.tolist()  # type: ignore[index]
     assert model.retrieve(torch.tensor([1.0, 0, 0, 1]), 1).item_ids.tolist() == [1]
