@@ -41,9 +41,9 @@ class NotReadyError(ServingError):
 
 
 def _status_of(exc: FreshetError) -> int:
-    from freshet.snapshot import SnapshotError
+    from freshet.retrieval import QueryError
 
-    if isinstance(exc, InvalidRequestError):
+    if isinstance(exc, InvalidRequestError | QueryError):
         return 422
     if isinstance(exc, ItemNotFoundError | AdminDisabledError):
         return 404
@@ -51,9 +51,7 @@ def _status_of(exc: FreshetError) -> int:
         return 403
     if isinstance(exc, NotReadyError):
         return 503
-    if isinstance(exc, SnapshotError):
-        return 500
-    return 500
+    return 500  # snapshot and model errors: the replica's fault or its disk's, never the request's
 
 
 async def _freshet_error(request: Request, exc: Exception) -> JSONResponse:

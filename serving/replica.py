@@ -23,6 +23,7 @@ import numpy as np
 from freshet.deltas import DecodedBatch, DeltaKind, decode_batch
 from freshet.layout import TensorLayout
 from freshet.model import IndexModel
+from freshet.model_state import state_digest
 from freshet.snapshot import Manifest
 from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
 from serving.metrics import ReplicaMetrics
@@ -78,6 +79,7 @@ class Replica:
         self._model = IndexModel(layout, capacity=settings.initial_capacity)
         self._offsets: dict[int, int] = {}
         self._cut_lock = threading.Lock()
+        self._snapshot_lock = threading.Lock()  # one snapshot at a time (periodic and admin)
         self._since_snapshot = 0
         self._last_snapshot_offsets: dict[int, int] | None = None
         self._last_snapshot_at = time.monotonic()
@@ -211,8 +213,9 @@ class Replica:
         except Exception as exc:  # the codec should count bad records itself; isolate them if it cannot
             log.warning("decoding a batch of %d records failed (%s); decoding one by one", len(values), exc)
             batch = self._decode_isolating(values)
-        self.metrics.count_rejected(dict(batch.rejected) if batch is not None else {})
-        return batch
+        return (
+            batch  # its decode rejections are counted with the apply's (``ApplyStats.rejected`` holds both)
+        )
 
     def _decode_isolating(self, values: list[bytes]) -> DecodedBatch | None:
         good = []
@@ -226,13 +229,15 @@ class Replica:
         return decode_batch(good, self.layout) if good else None
 
     def _apply(self, batch: DecodedBatch | None) -> tuple[int, int, dict[str, int]]:
-        if batch is None or len(batch) == 0:
+        if batch is None:
             return 0, 0, {}
+        if len(batch) == 0:
+            return 0, 0, dict(batch.rejected)
         try:
             stats = self._model.apply(batch)
         except Exception:
             log.exception("applying a decoded batch of %d deltas failed; the batch is skipped", len(batch))
-            return 0, 0, {"apply_error": len(batch)}
+            return 0, 0, {**batch.rejected, "apply_error": len(batch)}
         return stats.applied, stats.skipped_stale, dict(stats.rejected)
 
     def _count(
@@ -258,12 +263,20 @@ class Replica:
         if self._newest_event_ms is None or newest > self._newest_event_ms:
             self._newest_event_ms = newest
         if self.consumer.caught_up_once.is_set():  # a bootstrap replay is recovery time, not freshness
-            self._observe_freshness(np.asarray(batch.kind), event_ms, applied_ms)
+            self._observe_freshness(batch, event_ms, applied_ms)
 
-    def _observe_freshness(self, kinds: np.ndarray, event_ms: np.ndarray, applied_ms: float) -> None:
+    def _observe_freshness(self, batch: DecodedBatch, event_ms: np.ndarray, applied_ms: float) -> None:
+        """Applied wall time - event time, per signal; embeddings of another model version were not applied.
+
+        (Deltas skipped as stale are observed too: the apply statistics do not say which rows they were.)
+        """
+        kinds = np.asarray(batch.kind)
+        refused = (kinds == int(DeltaKind.EMBEDDING)) & (
+            np.asarray(batch.model_version) != self._model.model_version
+        )
         lag_s = (applied_ms - event_ms.astype(np.float64)) / 1000.0
         for kind, signal in _SIGNAL_OF_KIND.items():
-            self.metrics.freshness.observe_many(signal, np.maximum(lag_s[kinds == kind], 0.0))
+            self.metrics.freshness.observe_many(signal, np.maximum(lag_s[(kinds == kind) & ~refused], 0.0))
 
     # snapshots -----------------------------------------------------------------------------------
     def snapshot_due(self) -> bool:
@@ -276,19 +289,21 @@ class Replica:
         return by_count or by_time
 
     def snapshot(self) -> SnapshotTaken:
-        """Write a snapshot now: the model and the offsets it includes, as one consistent cut."""
-        with self._cut_lock:
-            model, offsets = self._model, dict(self._offsets)
-            path = self.snapshots.write(model, offsets)
-            taken = SnapshotTaken(
-                path=path,
-                offsets=offsets,
-                model_version=model.model_version,
-                digest=model.digest(),
-                items=len(model),
-            )
-            self._since_snapshot = 0
-            self._last_snapshot_offsets = offsets
-            self._last_snapshot_at = time.monotonic()
+        """Write a snapshot now: the model and the offsets it includes, as one consistent cut.
+
+        Applying pauses only while the state is copied; queries never pause; the write runs after.
+        """
+        with self._snapshot_lock:
+            with self._cut_lock:
+                model, offsets = self._model, dict(self._offsets)
+                state = model.export_state()
+                since = self._since_snapshot
+            path = self.snapshots.write(state, offsets)
+            taken = SnapshotTaken(path=path, offsets=offsets, model_version=state.model_version,
+                                  digest=state_digest(state), items=int(state.valid.sum()))  # fmt: skip
+            with self._cut_lock:
+                self._since_snapshot -= since
+                self._last_snapshot_offsets = offsets
+                self._last_snapshot_at = time.monotonic()
         log.info("snapshot %s written (%d items, offsets %s)", path, taken.items, offsets)
         return taken

@@ -16,6 +16,7 @@ from typing import Any
 
 from freshet.layout import TensorLayout
 from freshet.model import IndexModel
+from freshet.model_state import ModelState
 from freshet.snapshot import Manifest, SnapshotError, list_snapshots, load_snapshot, write_snapshot
 from serving.metrics import ReplicaMetrics
 
@@ -50,14 +51,12 @@ class SnapshotStore:
         self.metrics = metrics
 
     def paths(self) -> list[Path]:
-        """Snapshot paths, oldest first."""
-        if not self.root.is_dir():
-            return []
-        return [Path(p) for p in list_snapshots(self.root)]
+        """Published snapshot paths, newest first."""
+        return list_snapshots(self.root)
 
     def load_newest_valid(self) -> tuple[IndexModel, Manifest, Path] | None:
         """The newest snapshot that loads; each refused one is logged with its reason and counted."""
-        for path in reversed(self.paths()):
+        for path in self.paths():
             try:
                 model, manifest = load_snapshot(path, self.layout)
             except (SnapshotError, OSError, ValueError) as exc:
@@ -66,19 +65,15 @@ class SnapshotStore:
                 continue
             log.info(
                 "loaded snapshot %s (%d items, model version %d, offsets %s)",
-                path,
-                len(model),
-                manifest.model_version,
-                dict(manifest.offsets),
-            )
+                path, len(model), manifest.model_version, dict(manifest.offsets),
+            )  # fmt: skip
             return model, manifest, path
         return None
 
-    def write(self, model: IndexModel, offsets: Mapping[int, int]) -> Path:
-        """Write one snapshot of ``model`` (which must not change meanwhile) and prune old ones."""
+    def write(self, state: ModelState, offsets: Mapping[int, int]) -> Path:
+        """Write ``state`` (a copy taken at the cut) with the ``offsets`` it includes; prune old snapshots."""
         started = time.perf_counter()
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = Path(write_snapshot(model, self.root, dict(offsets), topic=self.topic))
+        path = write_snapshot(_Cut(state), self.root, dict(offsets), topic=self.topic)  # type: ignore[arg-type]
         self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self.metrics.snapshots_written.inc()
         self.prune()
@@ -86,14 +81,25 @@ class SnapshotStore:
 
     def prune(self) -> list[Path]:
         """Delete all but the newest ``retention`` snapshots; returns what was deleted."""
-        doomed = self.paths()[: -self.retention]
+        doomed = self.paths()[self.retention :]
         for path in doomed:
-            if path.is_dir():
-                shutil.rmtree(path, ignore_errors=True)
-            else:
-                path.unlink(missing_ok=True)
+            shutil.rmtree(path, ignore_errors=True)
             log.info("deleted old snapshot %s (retention %d)", path, self.retention)
         return doomed
+
+
+class _Cut:
+    """A model state copied at the cut, offered to ``write_snapshot`` as the model it snapshots.
+
+    ``write_snapshot`` copies the model's state itself (``export_state``); handing it a copy taken earlier,
+    together with the offsets, lets the replica hold its apply lock only for the copy, not for the write.
+    """
+
+    def __init__(self, state: ModelState) -> None:
+        self._state = state
+
+    def export_state(self) -> ModelState:
+        return self._state
 
 
 class PeriodicSnapshots:

@@ -1,0 +1,37 @@
+"""Top-k retrieval with eligibility filters."""
+
+from __future__ import annotations
+
+import torch
+from fastapi import APIRouter
+
+from serving.deps import ReplicaDep
+from serving.errors import InvalidRequestError
+from serving.query import request_problems
+from serving.schemas import Hit, RetrieveRequest, RetrieveResponse
+
+router = APIRouter(prefix="/v1", tags=["retrieval"])
+
+
+@router.post("/retrieve", response_model=RetrieveResponse,
+             responses={422: {"description": "invalid for this layout: wrong dim, unknown bit or field"},
+                        413: {"description": "request body too large"}},
+             summary="top-k eligible items for a query embedding")  # fmt: skip
+def retrieve(body: RetrieveRequest, replica: ReplicaDep) -> RetrieveResponse:
+    problems = request_problems(
+        replica.layout, body.embedding, body.required_bits, body.excluded_bits, body.bloom
+    )
+    if problems:
+        raise InvalidRequestError("; ".join(problems))
+    model = replica.model  # one model object for the whole request, even across a model switch
+    result = model.retrieve(torch.tensor(body.embedding, dtype=torch.float32), body.k,
+                            required_bits=body.required_bits, excluded_bits=body.excluded_bits,
+                            bloom=body.bloom)  # fmt: skip
+    names = result.feature_names
+    hits = [
+        Hit(item_id=int(item_id), score=float(score), features=dict(zip(names, map(float, row), strict=True)))
+        for item_id, score, row in zip(result.item_ids, result.scores, result.features, strict=True)
+    ]
+    return RetrieveResponse(
+        model_version=model.model_version, layout_hash=replica.layout.layout_hash, items=hits
+    )
