@@ -48,6 +48,21 @@ def _cmd_broker(args: argparse.Namespace) -> int:
     return int(broker_main(args.broker_args))
 
 
+def _cmd_model(args: argparse.Namespace) -> int:
+    if args.model_command == "publish":
+        from freshet.training import main_publish
+
+        return main_publish(args.defs, args.models, pairs=args.pairs, epochs=args.epochs, seed=args.seed)
+    from freshet.publish import versions
+    from freshet.spec import load_feature_set
+
+    emb = load_feature_set(args.defs).embedding
+    name = emb.model if emb else "-"
+    found = versions(args.models, name)
+    print(f"{name}: " + (", ".join(f"v{v}" for v in found) if found else "no published version"))
+    return 0
+
+
 def _cmd_demo(args: argparse.Namespace) -> int:
     print(
         "freshet demo: the one-command demo (issue 6) is not built yet.\n"
@@ -72,6 +87,23 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Kafka-protocol broker in the foreground")
     p.add_argument("broker_args", nargs=argparse.REMAINDER)
     p.set_defaults(func=_cmd_broker)
+
+    p = sub.add_parser("model", help="train and publish the two-tower model; list published versions")
+    msub = p.add_subparsers(dest="model_command", required=True)
+    for name, text in (
+        ("publish", "train on synthetic interactions and publish atomically"),
+        ("list", "list versions"),
+    ):
+        m = msub.add_parser(name, help=text)
+        m.add_argument(
+            "--defs", type=Path, default=DEFAULT_DEFS, help="feature definitions (file or directory)"
+        )
+        m.add_argument("--models", type=Path, default=Path("models"), help="published models root")
+        if name == "publish":
+            m.add_argument("--pairs", type=int, default=20_000, help="synthetic interactions to train on")
+            m.add_argument("--epochs", type=int, default=3)
+            m.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_model)
 
     p = sub.add_parser("demo", help="run the whole pipeline on the embedded default")
     p.set_defaults(func=_cmd_demo)
