@@ -103,7 +103,9 @@ class FeedGenerator:
             r for _ in range(self._count(self.config.posts_per_s)) for r in self._publish(base)
         ]
         made += [self._engagement(base) for _ in range(self._count(self.config.engagements_per_s))]
-        made += [self._attribute_change(base) for _ in range(self._count(self.config.attribute_changes_per_s))]
+        made += [
+            self._attribute_change(base) for _ in range(self._count(self.config.attribute_changes_per_s))
+        ]
         out = [r for r in made if r is not None]
         self._rng.shuffle(out)
         return out
