@@ -32,9 +32,10 @@ def refusal_reason(error: Exception) -> str:
     'invalid'
     """
     message = str(error).lower()
-    for key in ("checksum", "layout", "truncat", "manifest", "missing"):
+    for key, reason in (("checksum", "checksum"), ("sha256", "checksum"), ("layout", "layout"),
+                        ("truncat", "truncated"), ("manifest", "manifest"), ("missing", "missing")):  # fmt: skip
         if key in message:
-            return key if key != "truncat" else "truncated"
+            return reason
     return "invalid"
 
 

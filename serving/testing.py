@@ -100,6 +100,8 @@ class DeltaProducer:
             config["transactional_id"] = f"freshet-test-{uuid.uuid4().hex[:10]}"
         self._producer = KafkaProducer(**config)
         self.transactional = transactional
+        #: partition (as a string, like ``/v1/state``) -> 1 + the offset of the last record sent there
+        self.next_offsets: dict[str, int] = {}
         if transactional:
             self._producer.init_transactions()
 
@@ -110,9 +112,9 @@ class DeltaProducer:
     def send_raw(self, records: Iterable[tuple[bytes | None, bytes | None]], *, commit: bool = True) -> None:
         if self.transactional:
             self._producer.begin_transaction()
-        for key, value in records:
-            self._producer.send(self.topic, key=key, value=value)
+        futures = [self._producer.send(self.topic, key=key, value=value) for key, value in records]
         self._producer.flush()
+        self._note_offsets(futures)
         if not self.transactional:
             return
         if commit:
@@ -123,10 +125,17 @@ class DeltaProducer:
     def begin_open(self, deltas: Iterable[Delta]) -> Callable[[], None]:
         """Send ``deltas`` in a transaction left open; returns the function that commits it."""
         self._producer.begin_transaction()
-        for d in deltas:
-            self._producer.send(self.topic, key=encode_key(d.item_id), value=encode_delta(d, self.layout))
+        futures = [self._producer.send(self.topic, key=encode_key(d.item_id), value=encode_delta(d, self.layout))
+                   for d in deltas]  # fmt: skip
         self._producer.flush()
+        self._note_offsets(futures)
         return self._producer.commit_transaction
+
+    def _note_offsets(self, futures: list[Any]) -> None:
+        for future in futures:
+            metadata = future.get(timeout=10)
+            key = str(metadata.partition)
+            self.next_offsets[key] = max(self.next_offsets.get(key, 0), metadata.offset + 1)
 
     def close(self) -> None:
         self._producer.close()
