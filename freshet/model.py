@@ -129,13 +129,13 @@ class IndexModel(torch.nn.Module):
         """``n`` rows for new items: free rows first (lowest first), then rows past the high-water mark."""
         free = np.zeros(0, dtype=np.int64)
         if n and len(self._rows) < self._high_water:
-            free = np.flatnonzero(~self.occupied[: self._high_water].numpy())[:n]
+            free = np.flatnonzero(~self.occupied.numpy()[: self._high_water])[:n]
         return np.concatenate([free, np.arange(self._high_water, self._high_water + n - free.shape[0])])
 
     def _commit(self, plan: ApplyPlan, batch: DecodedBatch) -> None:
         high_water = max(self._high_water, int(plan.new_rows.max(initial=-1)) + 1)
         self._reserve(high_water)
-        writes = Writes.of(plan, batch, self.item_embedding.dtype)
+        writes = Writes.of(plan, batch, self.layout)
         scored = np.concatenate([plan.new_rows, plan.reset_rows, writes.feature_rows])
         buffers = self._tensors()
         with self._rw.write():
@@ -177,10 +177,10 @@ class IndexModel(torch.nn.Module):
             scores = (self.item_embedding[:n] @ q).float() + self.score_bias[:n]
             eligible = rules.mask(self.eligibility[:n])
             keep = self.valid[:n] if eligible is None else self.valid[:n] & eligible
-            rows = torch.from_numpy(top_k(scores, keep, self.item_ids[:n], k))
-            ids, feats = self.item_ids[rows].numpy(), self.features[rows].numpy()
+            rows = top_k(scores, keep, self.item_ids[:n], k)
+            ids, feats = self.item_ids.numpy()[rows], self.features.numpy()[rows]
             names = tuple(c.name for c in self.layout.feature_columns)
-            return RetrievalResult(ids, scores[rows].numpy(), feats, names)
+            return RetrievalResult(ids, scores.numpy()[rows], feats, names)
 
     def forward(self, query: torch.Tensor, k: int = 10, **filters: Any) -> RetrievalResult:
         return self.retrieve(query, k, **filters)
@@ -199,7 +199,7 @@ class IndexModel(torch.nn.Module):
     def __len__(self) -> int:
         """Number of retrievable (valid) items."""
         with self._rw.read():
-            return int(self.valid[: self._high_water].sum())
+            return int(np.count_nonzero(self.valid.numpy()[: self._high_water]))
 
     @property
     def capacity(self) -> int:

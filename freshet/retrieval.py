@@ -123,13 +123,13 @@ def _any_value(eligibility: torch.Tensor, values: Sequence[Sequence[int]]) -> to
     return hit
 
 
-def feature_scores(layout: TensorLayout, features: torch.Tensor) -> torch.Tensor:
-    """float32[rows]: the score terms of ``features`` [rows, num_features]."""
-    total = torch.zeros(features.shape[0], dtype=torch.float32)
+def feature_scores(layout: TensorLayout, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
+    """float32[rows]: the score terms of ``features`` [rows, num_features] (numpy: used on the apply path)."""
+    total = np.zeros(features.shape[0], dtype=np.float32)
     for term in layout.score_terms:
         column = features[:, term.column]
-        value = torch.log1p(column.clamp(min=0)) if term.transform == "log1p" else column
-        total += term.weight * value
+        value = np.log1p(np.maximum(column, 0)) if term.transform == "log1p" else column
+        total += np.float32(term.weight) * value
     return total
 
 

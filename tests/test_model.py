@@ -8,12 +8,15 @@ from dataclasses import dataclass, replace
 import numpy as np
 import pytest
 import torch
+from hypothesis import given
+from hypothesis import strategies as st
 from index_helpers import eligibility, embedding, feature, random_stream, small_layout, tombstone, wide_layout
 
 from freshet.bits import bloom_positions, positions_from_words, words_from_positions
 from freshet.deltas import batch_of
 from freshet.layout import ScoreTerm, TensorLayout
 from freshet.model import IndexModel
+from freshet.model_tensors import to_storage
 from freshet.retrieval import QueryError
 
 #: score terms without log1p and with binary-exact weights: every score is exact in float32, so the reference
@@ -234,3 +237,11 @@ def test_digest_sees_every_kind_of_change(extra) -> None:  # type: ignore[no-unt
 def test_digest_covers_the_model_version_and_layout() -> None:
     assert IndexModel(LAYOUT).digest() != IndexModel(LAYOUT, model_version=1).digest()
     assert IndexModel(LAYOUT).digest() != IndexModel(wide_layout()).digest()
+
+
+@given(st.lists(st.floats(width=32, allow_nan=False, allow_infinity=False), max_size=50))
+def test_bfloat16_rounding_matches_torch(values: list[float]) -> None:
+    array = np.array(values, dtype=np.float32)
+    ours = to_storage(array, "bfloat16")
+    theirs = torch.from_numpy(array).to(torch.bfloat16).view(torch.int16).numpy().view(np.uint16)
+    assert ours.tolist() == theirs.tolist()
