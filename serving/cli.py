@@ -101,6 +101,15 @@ def run(settings: Settings) -> int:
     return 0
 
 
+def configure_logging(level_name: str) -> None:
+    """The replica's own loggers at ``level_name``; kafka-python's connection chatter at WARNING or above."""
+    level = logging.getLevelName(level_name.upper())
+    if not isinstance(level, int):
+        level = logging.INFO
+    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    logging.getLogger("kafka").setLevel(max(level, logging.WARNING))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m serving", description=HELP)
     add_arguments(parser)

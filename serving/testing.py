@@ -5,6 +5,7 @@ Used by ``tests/test_serving_*.py`` and the benchmarks; not imported by the repl
 
 from __future__ import annotations
 
+import random
 import time
 import uuid
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -86,6 +87,37 @@ def tombstone_delta(item_id: int, *, delete_ms: int) -> Delta:
     )
 
 
+REGIONS = ("PT", "BR", "US", "DE", "JP")
+LANGUAGES = ("pt", "en", "de", "ja")
+
+
+def random_deltas(layout: TensorLayout, rng: random.Random, n: int, *, items: int = 60,
+                  t0_ms: int = 1_700_000_000_000) -> list[Delta]:  # fmt: skip
+    """A plausible stream: every kind, re-publishes, late firings, deletes, in no particular order.
+
+    A delta's value is a function of its item, kind and version, as the contract promises, so a
+    redelivered or re-emitted delta carries the same value.
+    """
+    out = []
+    for _ in range(n):
+        item, t = rng.randrange(items), t0_ms + rng.randrange(10_000) * 1000
+        kind = rng.choices(["embedding", "feature", "eligibility", "tombstone"], weights=[4, 6, 3, 1])[0]
+        seed = np.random.default_rng([item, t, len(kind)])
+        if kind == "embedding":
+            out.append(embedding_delta(item, seed.normal(size=layout.embedding_dim), publish_ms=t))
+        elif kind == "feature" and layout.feature_columns:
+            column, firing = rng.choice(layout.feature_columns), rng.randrange(3)
+            value = float(seed.integers(100)) + firing + column.index
+            out.append(feature_delta(layout, item, column.name, value, window_end_ms=t, firing=firing))
+        elif kind == "eligibility":
+            bits = [b.name for b in layout.exact_bits if seed.random() < 0.5]
+            bloom = {f.name: [rng.choice(REGIONS + LANGUAGES)] for f in layout.bloom_fields}
+            out.append(eligibility_delta(layout, item, change_ms=t, bits=bits, bloom=bloom))
+        else:
+            out.append(tombstone_delta(item, delete_ms=t))
+    return out
+
+
 class DeltaProducer:
     """Writes deltas keyed by item id, each ``send`` one Kafka transaction (like Flink's exactly-once sink)."""
 
@@ -145,6 +177,17 @@ class DeltaProducer:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def send_in_transactions(producer: DeltaProducer, deltas: list[Delta], rng: random.Random) -> None:
+    """Transactions of random size; some are first sent and aborted (as a failed Flink checkpoint leaves them)."""
+    i = 0
+    while i < len(deltas):
+        chunk = deltas[i : i + rng.randrange(1, 40)]
+        if rng.random() < 0.2:
+            producer.send(chunk, commit=False)
+        producer.send(chunk)
+        i += len(chunk)
 
 
 def wait_until(

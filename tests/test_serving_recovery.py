@@ -18,17 +18,11 @@ from freshet.deltas import Delta
 from freshet.layout import BloomField, ExactBit, FeatureColumn, ScoreTerm, TensorLayout
 from freshet.model import IndexModel
 from freshet.snapshot import write_snapshot
+from serving import testing
 from serving.app import create_app
 from serving.replica import Replica
 from serving.settings import Settings
-from serving.testing import (
-    DeltaProducer,
-    eligibility_delta,
-    embedding_delta,
-    feature_delta,
-    tombstone_delta,
-    wait_until,
-)
+from serving.testing import DeltaProducer, embedding_delta, send_in_transactions, wait_until
 
 pytestmark = [pytest.mark.kafka, pytest.mark.http]
 
@@ -43,38 +37,8 @@ T0 = 1_700_000_000_000
 TOKEN = {"Authorization": "Bearer t0ken"}
 
 
-def random_deltas(rng: random.Random, n: int, items: int = 60) -> list[Delta]:
-    """Every kind, re-publishes, late firings and deletes; a delta's value is a function of its version, as
-    the contract promises, so a redelivered or re-emitted delta carries the same value."""
-    out = []
-    for _ in range(n):
-        item, t = rng.randrange(items), T0 + rng.randrange(10_000) * 1000
-        kind = rng.choices(["embedding", "feature", "eligibility", "tombstone"], weights=[4, 6, 3, 1])[0]
-        seed = np.random.default_rng([item, t, len(kind)])
-        if kind == "embedding":
-            out.append(embedding_delta(item, seed.normal(size=LAYOUT.embedding_dim), publish_ms=t))
-        elif kind == "feature":
-            name, firing = rng.choice(["likes_1h", "views_1d"]), rng.randrange(3)
-            out.append(feature_delta(LAYOUT, item, name, float(seed.integers(100)) + firing, window_end_ms=t,
-                                     firing=firing))  # fmt: skip
-        elif kind == "eligibility":
-            bits = [b for b in ("safe", "nsfw", "kids") if seed.random() < 0.5]
-            region = ["PT", "BR", "US", "DE"][int(seed.integers(4))]
-            out.append(eligibility_delta(LAYOUT, item, change_ms=t, bits=bits, bloom={"region": [region]}))
-        else:
-            out.append(tombstone_delta(item, delete_ms=t))
-    return out
-
-
-def send_in_transactions(producer: DeltaProducer, deltas: list[Delta], rng: random.Random) -> None:
-    """Transactions of random size; some are first sent and aborted (as a failed Flink checkpoint leaves them)."""
-    i = 0
-    while i < len(deltas):
-        chunk = deltas[i : i + rng.randrange(1, 40)]
-        if rng.random() < 0.2:
-            producer.send(chunk, commit=False)
-        producer.send(chunk)
-        i += len(chunk)
+def random_deltas(rng: random.Random, n: int) -> list[Delta]:
+    return testing.random_deltas(LAYOUT, rng, n)
 
 
 @pytest.fixture
