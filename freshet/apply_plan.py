@@ -17,7 +17,6 @@ version wins per cell and the first in input order wins among equal versions, as
 
 from __future__ import annotations
 
-import itertools
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -25,38 +24,9 @@ import numpy as np
 import numpy.typing as npt
 
 from freshet.deltas import DecodedBatch, DeltaKind
+from freshet.intmap import IntMap
 
 Ints = npt.NDArray[np.int64]
-
-
-class IntMap:
-    """item id -> int64 (a row, or a tombstone version), looked up a whole array at a time."""
-
-    def __init__(self, keys: Ints | None = None, values: Ints | None = None) -> None:
-        self._d: dict[int, int] = {}
-        if keys is not None and values is not None:
-            self.put(keys, values)
-
-    def __len__(self) -> int:
-        return len(self._d)
-
-    def get(self, keys: Ints, missing: int = -1) -> Ints:
-        found = map(self._d.get, keys.tolist(), itertools.repeat(missing))
-        return np.fromiter(found, dtype=np.int64, count=keys.shape[0])
-
-    def one(self, key: int) -> int | None:
-        return self._d.get(int(key))
-
-    def put(self, keys: Ints, values: Ints) -> None:
-        self._d.update(zip(keys.tolist(), values.tolist(), strict=True))
-
-    def drop(self, keys: Ints) -> None:
-        for key in keys.tolist():
-            del self._d[key]
-
-    def arrays(self) -> tuple[Ints, Ints]:
-        keys = np.fromiter(self._d.keys(), dtype=np.int64, count=len(self._d))
-        return keys, np.fromiter(self._d.values(), dtype=np.int64, count=len(self._d))
 
 
 @dataclass(frozen=True, eq=False)
@@ -83,7 +53,8 @@ def plan_batch(
 ) -> ApplyPlan:
     """Plan ``batch`` against the current row map, tombstones and ``versions`` [rows, regions]."""
     uids, inv = np.unique(batch.item_id, return_inverse=True)
-    rows, tomb_old = rows_of.get(uids), tombs.get(uids)
+    rows = rows_of.get(uids)
+    tomb_old = tombs.get(uids) if len(tombs) else np.full(uids.shape[0], -1, dtype=np.int64)
     tomb_new = _newest_tombstones(batch, inv, tomb_old)
     won = _winning_updates(batch, inv, rows, tomb_new, versions)
     has_winner = np.zeros(uids.shape[0], dtype=bool)
@@ -116,7 +87,7 @@ def _winning_updates(batch: DecodedBatch, inv: Ints, rows: Ints, tomb_new: Ints,
     updates = np.flatnonzero(batch.kind != DeltaKind.TOMBSTONE)
     u, region, version = inv[updates], batch.region[updates], batch.version[updates]
     cell = u * versions.shape[1] + region
-    order = np.lexsort((updates, -version, cell))  # per cell: newest first, then first in input
+    order = np.lexsort((-version, cell))  # per cell: newest first; stable, so first in input among equals
     first = order[np.r_[True, cell[order][1:] != cell[order][:-1]]] if order.size else order
     row, current = rows[u[first]], np.full(first.shape[0], -1, dtype=np.int64)
     known = row >= 0

@@ -33,9 +33,10 @@ import numpy as np
 import numpy.typing as npt
 import torch
 
-from freshet.apply_plan import ApplyPlan, IntMap, plan_batch
+from freshet.apply_plan import ApplyPlan, plan_batch
 from freshet.deltas import DecodedBatch, DeltaKind
 from freshet.errors import FreshetError
+from freshet.intmap import IntMap
 from freshet.layout import TensorLayout
 from freshet.model_state import ModelState, state_digest
 from freshet.model_tensors import Buffers, Writes, check_state, install_state, view_state

@@ -96,7 +96,7 @@ def _checksum(body: dict[str, Any]) -> str:
 
 
 def write_snapshot(
-    model: IndexModel,
+    model: IndexModel | ModelState,
     root: Path,
     offsets: Mapping[int, int],
     *,
@@ -105,10 +105,11 @@ def write_snapshot(
 ) -> Path:
     """Publish a snapshot of ``model`` under ``root`` and return its directory.
 
-    The state is copied between two batches; ``offsets`` must be the delta positions after the last batch
-    applied (call it from the apply loop, or inside ``model.paused()`` together with reading the offsets).
+    ``offsets`` must be the delta positions right after the last batch the state includes: call it from the
+    apply loop, or pass a ``ModelState`` that was exported (``model.export_state()``) inside
+    ``model.paused()`` together with reading the offsets, then write it without holding up apply.
     """
-    state = model.export_state()
+    state = model if isinstance(model, ModelState) else model.export_state()
     root.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=".tmp-snapshot-", dir=root))
     try:

@@ -205,3 +205,12 @@ def test_restore_replaces_a_model_in_place(tmp_path: Path) -> None:
     assert np.array_equal(
         target.retrieve(torch.ones(4), 5).item_ids, source.retrieve(torch.ones(4), 5).item_ids
     )
+
+
+def test_a_state_exported_at_the_cut_can_be_written_later(tmp_path: Path) -> None:
+    model = live_model()
+    with model.paused():
+        state, offsets = model.export_state(), {0: 800}
+    model.apply(batch_of([embedding(10_000, 1, [1, 1, 1, 1], model_version=4)], LAYOUT))
+    loaded, manifest = load_snapshot(write_snapshot(state, tmp_path, offsets), LAYOUT, verify_digest=True)
+    assert loaded.item(10_000) is None and manifest.offsets == offsets and model.item(10_000) is not None
