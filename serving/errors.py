@@ -42,6 +42,7 @@ class NotReadyError(ServingError):
 
 def _status_of(exc: FreshetError) -> int:
     from freshet.retrieval import QueryError
+    from serving.models import ModelSwitchError
 
     if isinstance(exc, InvalidRequestError | QueryError):
         return 422
@@ -51,6 +52,8 @@ def _status_of(exc: FreshetError) -> int:
         return 403
     if isinstance(exc, NotReadyError):
         return 503
+    if isinstance(exc, ModelSwitchError):
+        return 409
     return 500  # snapshot and model errors: the replica's fault or its disk's, never the request's
 
 

@@ -123,6 +123,13 @@ class ReplicaMetrics:
             registry=r,
         )
         self.snapshot_errors = Counter("freshet_snapshot_errors", "failed snapshot writes", registry=r)
+        self.model_version = Gauge("freshet_model_version", "model version of the active index", registry=r)
+        self.model_switches = Counter(
+            "freshet_model_switches", "model switches and rollbacks, by action", ["action"], registry=r
+        )
+        self.model_refused = Counter(
+            "freshet_model_refused", "published model versions refused (checksum, layout, ...)", registry=r
+        )
 
     def bind(
         self,
@@ -130,11 +137,13 @@ class ReplicaMetrics:
         newest_event_age_s: Callable[[], float],
         items: Callable[[], float],
         ready: Callable[[], float],
+        model_version: Callable[[], float],
     ) -> None:
         """Gauges computed at scrape time from the replica's state."""
         self.newest_event_age.set_function(newest_event_age_s)
         self.items.set_function(items)
         self.ready.set_function(ready)
+        self.model_version.set_function(model_version)
 
     def count_rejected(self, reasons: dict[str, int]) -> None:
         for reason, n in reasons.items():

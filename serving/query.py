@@ -14,10 +14,11 @@ from freshet.layout import TensorLayout
 
 def request_problems(
     layout: TensorLayout,
-    embedding: Sequence[float],
+    embedding: Sequence[float] | None,
     required_bits: Sequence[str],
     excluded_bits: Sequence[str],
     bloom: Mapping[str, Sequence[str]],
+    user: Mapping[str, object] | None = None,
 ) -> list[str]:
     """Messages for everything wrong with a request, in field order; empty when it is fine.
 
@@ -27,9 +28,17 @@ def request_problems(
     ['embedding: 1 values, the layout has embedding_dim 2',
      "required_bits: unknown bit 'nsfw' (known: safe)",
      "bloom: unknown field 'region' (known: none)"]
+    >>> request_problems(layout, None, [], [], {})
+    ['give exactly one of embedding (a query vector) and user (features for the query tower)']
     """
     problems = []
-    if len(embedding) != layout.embedding_dim:
+    if (embedding is None) == (user is None):
+        problems.append(
+            "give exactly one of embedding (a query vector) and user (features for the query tower)"
+        )
+    elif embedding is None:
+        pass
+    elif len(embedding) != layout.embedding_dim:
         problems.append(
             f"embedding: {len(embedding)} values, the layout has embedding_dim {layout.embedding_dim}"
         )

@@ -27,6 +27,7 @@ from freshet.model_state import state_digest
 from freshet.snapshot import Manifest
 from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
 from serving.metrics import ReplicaMetrics
+from serving.models import Generation, Generations, ModelRefusedError, ModelStore, ModelSwitchError, coverage
 from serving.settings import Settings
 from serving.snapshots import PeriodicSnapshots, SnapshotStore
 
@@ -49,6 +50,17 @@ class ReplicaState:
     digest: str
     items: int
     ready: bool
+
+
+@dataclass(frozen=True)
+class ModelChange:
+    """What ``switch_model`` / ``rollback_model`` did."""
+
+    status: str  # "staged" (not switched: coverage below the minimum), "switched", "rolled_back"
+    active_version: int
+    standby_version: int | None
+    coverage: float | None
+    snapshot: Path | None
 
 
 @dataclass(frozen=True)
@@ -76,9 +88,11 @@ class Replica:
         self.settings = settings
         self.name = name or f"{settings.host}:{settings.port}"
         self.metrics = metrics or ReplicaMetrics()
-        self._model = IndexModel(layout, capacity=settings.initial_capacity)
         self._offsets: dict[int, int] = {}
         self._cut_lock = threading.Lock()
+        self.models = ModelStore(settings.model_dir, layout)
+        empty = Generation(IndexModel(layout, capacity=settings.initial_capacity), towers=None)
+        self.generations = Generations(empty, self._cut_lock, self.models)
         self._snapshot_lock = threading.Lock()  # one snapshot at a time (periodic and admin)
         self._since_snapshot = 0
         self._last_snapshot_offsets: dict[int, int] | None = None
@@ -104,8 +118,9 @@ class Replica:
         self._periodic = PeriodicSnapshots(self.snapshot_due, self.snapshot, self.metrics, name=self.name)
         self.metrics.bind(
             newest_event_age_s=self._newest_event_age_s,
-            items=lambda: len(self._model),
+            items=lambda: len(self.model),
             ready=lambda: float(self.ready),
+            model_version=lambda: float(self.model.model_version),
         )
 
     @classmethod
@@ -136,28 +151,40 @@ class Replica:
         self.consumer.stop()
 
     def restore(self) -> Manifest | None:
-        """Replace the (empty) model by the newest valid snapshot, if any; returns its manifest."""
+        """Start from the newest valid snapshot (and its model version), else from an empty index of the
+        newest published model version that verifies (0 without one); returns the snapshot's manifest."""
         found = self.snapshots.load_newest_valid()
         if found is None:
-            log.info(
-                "no valid snapshot under %s: replaying the delta topic from the beginning",
-                self.snapshots.root,
-            )
+            log.info("no valid snapshot under %s: replaying the delta topic from the beginning",
+                     self.snapshots.root)  # fmt: skip
+            towers = self.models.newest_loadable()
+            version = towers.version if towers is not None else 0
+            index = IndexModel(self.layout, capacity=self.settings.initial_capacity, model_version=version)
+            self._install(Generation(index, towers), {})
             return None
-        model, manifest, path = found
-        with self._cut_lock:
-            self._model = model
-            self._offsets = {int(p): int(o) for p, o in manifest.offsets.items()}
-            self._last_snapshot_offsets = dict(self._offsets)
-            self._last_snapshot_at = time.monotonic()
+        index, manifest, path = found
+        version = manifest.model_version
+        self._install(Generation(index, self.models.try_load(version) if version else None), manifest.offsets)
         self.started_from = path
         return manifest
+
+    def _install(self, generation: Generation, offsets: Mapping[int, int]) -> None:
+        with self._cut_lock:
+            self.generations.active = generation
+            self._offsets = {int(p): int(o) for p, o in offsets.items()}
+            self._last_snapshot_offsets = dict(self._offsets) if offsets else None
+            self._last_snapshot_at = time.monotonic()
 
     # reading -------------------------------------------------------------------------------------
     @property
     def model(self) -> IndexModel:
-        """The current model; take it once per request and use that object throughout."""
-        return self._model
+        """The active index; take it once per request and use that object throughout."""
+        return self.generations.active.index
+
+    @property
+    def generation(self) -> Generation:
+        """The active generation (index and towers of one model version), taken as one reference."""
+        return self.generations.active
 
     @property
     def ready(self) -> bool:
@@ -170,7 +197,7 @@ class Replica:
 
     def state(self) -> ReplicaState:
         with self._cut_lock:
-            model = self._model
+            model = self.model
             return ReplicaState(
                 model_version=model.model_version,
                 layout_hash=self.layout.layout_hash,
@@ -234,7 +261,7 @@ class Replica:
         if len(batch) == 0:
             return 0, 0, dict(batch.rejected)
         try:
-            stats = self._model.apply(batch)
+            stats = self.generations.apply(batch)
         except Exception:
             log.exception("applying a decoded batch of %d deltas failed; the batch is skipped", len(batch))
             return 0, 0, {**batch.rejected, "apply_error": len(batch)}
@@ -272,7 +299,7 @@ class Replica:
         """
         kinds = np.asarray(batch.kind)
         refused = (kinds == int(DeltaKind.EMBEDDING)) & (
-            np.asarray(batch.model_version) != self._model.model_version
+            np.asarray(batch.model_version) != self.model.model_version
         )
         lag_s = (applied_ms - event_ms.astype(np.float64)) / 1000.0
         for kind, signal in _SIGNAL_OF_KIND.items():
@@ -295,7 +322,7 @@ class Replica:
         """
         with self._snapshot_lock:
             with self._cut_lock:
-                model, offsets = self._model, dict(self._offsets)
+                model, offsets = self.model, dict(self._offsets)
                 state = model.export_state()
                 since = self._since_snapshot
             path = self.snapshots.write(state, offsets)
@@ -307,3 +334,36 @@ class Replica:
                 self._last_snapshot_at = time.monotonic()
         log.info("snapshot %s written (%d items, offsets %s)", path, taken.items, offsets)
         return taken
+
+    # model versions ------------------------------------------------------------------------------
+    def switch_model(self, version: int | None = None, *, min_coverage: float = 0.0,
+                     snapshot: bool = True) -> ModelChange:  # fmt: skip
+        """Stage ``version`` (default: the newest published) and switch to it once its index holds at
+        least ``min_coverage`` of the active one's retrievable items; then write a snapshot."""
+        target = version if version is not None else self.models.newest()
+        if target is None:
+            raise ModelSwitchError(f"no published version of {self.models.name!r} under {self.models.root}")
+        try:
+            staged = self.generations.stage(target)
+        except ModelRefusedError:
+            self.metrics.model_refused.inc()
+            raise
+        covered = coverage(staged.index, self.model)
+        if covered < min_coverage:
+            return ModelChange("staged", self.model.model_version, target, covered, None)
+        self.generations.switch()
+        self.metrics.model_switches.labels(action="switch").inc()
+        return self._after_change("switched", covered, snapshot)
+
+    def rollback_model(self, *, snapshot: bool = True) -> ModelChange:
+        """Back to the previous model version in one call (it kept receiving deltas); then a snapshot."""
+        self.generations.rollback()
+        self.metrics.model_switches.labels(action="rollback").inc()
+        return self._after_change("rolled_back", None, snapshot)
+
+    def _after_change(self, status: str, covered: float | None, snapshot: bool) -> ModelChange:
+        standby = self.generations.standby
+        path = self.snapshot().path if snapshot else None  # recovery must start on the version now active
+        return ModelChange(
+            status, self.model.model_version, standby.version if standby else None, covered, path
+        )

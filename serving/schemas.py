@@ -11,12 +11,20 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+UserValue = str | int | float | list[str]
+
+
 class RetrieveRequest(_Strict):
-    embedding: list[float] = Field(
-        ...,
-        description="query embedding; exactly the layout's embedding_dim floats",
+    embedding: list[float] | None = Field(
+        None,
+        description="query embedding; exactly the layout's embedding_dim floats (or give `user`)",
         min_length=1,
         examples=[[0.1, 0.0, 0.3]],
+    )
+    user: dict[str, UserValue] | None = Field(
+        None,
+        description="user features for the active model's query tower (instead of `embedding`)",
+        examples=[{"user_id": 42, "interests": ["cats", "cooking"]}],
     )
     k: int = Field(10, ge=1, le=MAX_K, description="number of items to return")
     required_bits: list[str] = Field(
@@ -39,7 +47,7 @@ class Hit(BaseModel):
 
 
 class RetrieveResponse(BaseModel):
-    model_version: int
+    model_version: int = Field(description="the model version that answered (index and query tower)")
     layout_hash: str
     items: list[Hit]
 
@@ -75,6 +83,9 @@ class StateResponse(BaseModel):
     items: int
     ready: bool
     started_from_snapshot: str | None
+    query_tower: bool = Field(description="whether the active version has a query tower (user queries)")
+    standby_version: int | None = Field(description="model version beside the active one, if any")
+    standby_role: str | None = Field(description="staged (to switch to) or previous (to roll back to)")
 
 
 class ReadyResponse(BaseModel):
@@ -89,3 +100,21 @@ class SnapshotResponse(BaseModel):
     model_version: int
     digest: str
     items: int
+
+
+class ModelRequest(_Strict):
+    version: int | None = Field(None, ge=1, description="published version; default: the newest")
+    min_coverage: float = Field(
+        0.0, ge=0.0, le=1.0,
+        description="switch only once the new index holds this fraction of the active one's items; "
+        "until then the version stays staged (call again)",
+    )  # fmt: skip
+    snapshot: bool = Field(True, description="write a snapshot right after the switch")
+
+
+class ModelResponse(BaseModel):
+    status: str = Field(description="staged, switched or rolled_back")
+    active_version: int
+    standby_version: int | None
+    coverage: float | None = Field(description="retrievable items of the new index / of the active one")
+    snapshot: str | None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 from collections.abc import Iterator, Mapping, Sequence
 
 import pytest
@@ -50,9 +51,7 @@ def _consumer(
 
 @pytest.fixture
 def producer(broker) -> Iterator[KafkaProducer]:
-    p = KafkaProducer(
-        bootstrap_servers=broker.bootstrap_servers, transactional_id=f"t-{id(broker)}-{threading.get_ident()}"
-    )
+    p = KafkaProducer(bootstrap_servers=broker.bootstrap_servers, transactional_id=f"t-{uuid.uuid4().hex}")
     p.init_transactions()
     yield p
     p.close()

@@ -17,6 +17,7 @@ router = APIRouter(prefix="/v1", tags=["state"])
 )
 def state(replica: ReplicaDep) -> StateResponse:
     s = replica.state()
+    standby = replica.generations.standby
     return StateResponse(
         model_version=s.model_version,
         layout_hash=s.layout_hash,
@@ -26,4 +27,7 @@ def state(replica: ReplicaDep) -> StateResponse:
         items=s.items,
         ready=s.ready,
         started_from_snapshot=str(replica.started_from) if replica.started_from else None,
+        query_tower=replica.generation.towers is not None,
+        standby_version=standby.version if standby else None,
+        standby_role=replica.generations.standby_role if standby else None,
     )
