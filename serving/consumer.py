@@ -111,7 +111,7 @@ class KafkaDeltaSource:
 
     def _record_stable_offsets(self) -> None:
         """Wrap the fetcher's response parsing to keep each partition's last stable offset."""
-        fetcher = getattr(self._consumer, "_fetcher", None)
+        fetcher: Any = getattr(self._consumer, "_fetcher", None)
         parse = getattr(fetcher, "_parse_fetched_data", None)
         if parse is None:
             log.warning("kafka-python internals changed; readiness falls back to the high watermark")
@@ -142,7 +142,7 @@ class KafkaDeltaSource:
         if highwater is None:
             return None
         stable = self._stable_end.get(partition)
-        return highwater if stable is None else min(stable, highwater)
+        return int(highwater) if stable is None else min(stable, int(highwater))
 
     def close(self) -> None:
         if self._consumer is not None:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 
 from freshet.deltas import DecodedBatch, DeltaKind, decode_batch
 from freshet.layout import TensorLayout
@@ -153,6 +154,7 @@ class Replica:
     def restore(self) -> Manifest | None:
         """Start from the newest valid snapshot (and its model version), else from an empty index of the
         newest published model version that verifies (0 without one); returns the snapshot's manifest."""
+        self.snapshots.remove_partial_writes()
         found = self.snapshots.load_newest_valid()
         if found is None:
             log.info("no valid snapshot under %s: replaying the delta topic from the beginning",
@@ -235,14 +237,12 @@ class Replica:
     def _decode(self, values: list[bytes]) -> DecodedBatch | None:
         if not values:
             return None
+        # the batch's decode rejections are counted with the apply's (``ApplyStats.rejected`` holds both)
         try:
-            batch = decode_batch(values, self.layout)
-        except Exception as exc:  # the codec should count bad records itself; isolate them if it cannot
+            return decode_batch(values, self.layout)
+        except Exception as exc:  # the codec counts bad records itself; isolate them if it ever cannot
             log.warning("decoding a batch of %d records failed (%s); decoding one by one", len(values), exc)
-            batch = self._decode_isolating(values)
-        return (
-            batch  # its decode rejections are counted with the apply's (``ApplyStats.rejected`` holds both)
-        )
+            return self._decode_isolating(values)
 
     def _decode_isolating(self, values: list[bytes]) -> DecodedBatch | None:
         good = []
@@ -292,7 +292,9 @@ class Replica:
         if self.consumer.caught_up_once.is_set():  # a bootstrap replay is recovery time, not freshness
             self._observe_freshness(batch, event_ms, applied_ms)
 
-    def _observe_freshness(self, batch: DecodedBatch, event_ms: np.ndarray, applied_ms: float) -> None:
+    def _observe_freshness(
+        self, batch: DecodedBatch, event_ms: npt.NDArray[np.int64], applied_ms: float
+    ) -> None:
         """Applied wall time - event time, per signal; embeddings of another model version were not applied.
 
         (Deltas skipped as stale are observed too: the apply statistics do not say which rows they were.)

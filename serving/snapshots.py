@@ -80,6 +80,17 @@ class SnapshotStore:
         self.prune()
         return path
 
+    def remove_partial_writes(self) -> list[Path]:
+        """Delete what a crash mid-write left (``write_snapshot`` writes into ``.tmp-snapshot-*`` and renames).
+
+        Only this replica writes under its root, so at start every such directory is a dead write.
+        """
+        doomed = sorted(self.root.glob(".tmp-snapshot-*")) if self.root.is_dir() else []
+        for path in doomed:
+            shutil.rmtree(path, ignore_errors=True)
+            log.info("deleted a partial snapshot write %s", path)
+        return doomed
+
     def prune(self) -> list[Path]:
         """Delete all but the newest ``retention`` snapshots; returns what was deleted."""
         doomed = self.paths()[self.retention :]

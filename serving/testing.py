@@ -8,10 +8,11 @@ from __future__ import annotations
 import random
 import time
 import uuid
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any, TypeVar
 
 import numpy as np
+import numpy.typing as npt
 
 from freshet.bits import bloom_positions, words_from_positions
 from freshet.deltas import Delta, DeltaKind, encode_delta, encode_key
@@ -21,9 +22,7 @@ from freshet.versions import eligibility_version, embedding_version, feature_ver
 T = TypeVar("T")
 
 
-def embedding_delta(
-    item_id: int, values: Sequence[float], *, publish_ms: int, model_version: int = 0
-) -> Delta:
+def embedding_delta(item_id: int, values: npt.ArrayLike, *, publish_ms: int, model_version: int = 0) -> Delta:
     return Delta(
         DeltaKind.EMBEDDING,
         item_id,
@@ -50,7 +49,7 @@ def feature_delta(
 
 def eligibility_words(
     layout: TensorLayout, bits: Iterable[str] = (), bloom: Mapping[str, Iterable[str]] | None = None
-) -> np.ndarray:
+) -> npt.NDArray[np.int64]:
     positions = [layout.bit(b).position for b in bits]
     for field, values in (bloom or {}).items():
         for value in values:
@@ -153,15 +152,6 @@ class DeltaProducer:
             self._producer.commit_transaction()
         else:
             self._producer.abort_transaction()
-
-    def begin_open(self, deltas: Iterable[Delta]) -> Callable[[], None]:
-        """Send ``deltas`` in a transaction left open; returns the function that commits it."""
-        self._producer.begin_transaction()
-        futures = [self._producer.send(self.topic, key=encode_key(d.item_id), value=encode_delta(d, self.layout))
-                   for d in deltas]  # fmt: skip
-        self._producer.flush()
-        self._note_offsets(futures)
-        return self._producer.commit_transaction
 
     def _note_offsets(self, futures: list[Any]) -> None:
         for future in futures:

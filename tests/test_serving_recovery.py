@@ -164,7 +164,10 @@ def test_a_corrupt_newest_snapshot_is_skipped(
     assert newest_path.exists()  # refused, not deleted: left for a person to look at
 
 
-def test_no_snapshot_means_a_replay_from_the_beginning(broker, make_topic, replicas) -> None:
+def test_no_snapshot_means_a_replay_from_the_beginning(broker, make_topic, replicas, tmp_path) -> None:
+    partial = tmp_path / "a" / ".tmp-snapshot-crashed"  # what a kill -9 during a snapshot write leaves
+    partial.mkdir(parents=True)
+    (partial / "features.arrow").write_bytes(b"half")
     rng = random.Random(3)
     topic = make_topic(partitions=2)
     with DeltaProducer(broker.bootstrap_servers, topic, LAYOUT) as producer:
@@ -174,6 +177,7 @@ def test_no_snapshot_means_a_replay_from_the_beginning(broker, make_topic, repli
     a_state = caught_up_state(a_client, a, producer.next_offsets)
     b_state = caught_up_state(b_client, b, producer.next_offsets)
     assert a_state["started_from_snapshot"] is None
+    assert not partial.exists()
     assert a_state["digest"] == b_state["digest"] and a_state["items"] > 0
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Annotated
 
 import numpy as np
+import numpy.typing as npt
 from fastapi import APIRouter, Query
 
 from freshet.bits import bloom_positions, positions_from_words
@@ -40,7 +41,9 @@ def get_item(item_id: int, replica: ReplicaDep, bloom: BloomChecks = []) -> Item
     )
 
 
-def decode_eligibility(layout: TensorLayout, words: np.ndarray, checks: list[tuple[str, str]]) -> Eligibility:
+def decode_eligibility(
+    layout: TensorLayout, words: npt.NDArray[np.int64], checks: list[tuple[str, str]]
+) -> Eligibility:
     """Set exact bits by name, set Bloom bits per field (relative to its block), and the asked membership tests."""
     positions = set(positions_from_words(words))
     bits = [b.name for b in layout.exact_bits if b.position in positions]
