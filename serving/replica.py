@@ -311,10 +311,13 @@ class Replica:
     def snapshot_due(self) -> bool:
         """Periodic snapshots: once ready, every N seconds or N records, and only if something changed."""
         s = self.settings
-        if not self.ready or self._offsets == self._last_snapshot_offsets:
+        with self._cut_lock:
+            changed = self._offsets != self._last_snapshot_offsets
+            since, last_at = self._since_snapshot, self._last_snapshot_at
+        if not self.ready or not changed:
             return False
-        by_count = s.snapshot_every_deltas > 0 and self._since_snapshot >= s.snapshot_every_deltas
-        by_time = s.snapshot_every_s > 0 and time.monotonic() - self._last_snapshot_at >= s.snapshot_every_s
+        by_count = s.snapshot_every_deltas > 0 and since >= s.snapshot_every_deltas
+        by_time = s.snapshot_every_s > 0 and time.monotonic() - last_at >= s.snapshot_every_s
         return by_count or by_time
 
     def snapshot(self) -> SnapshotTaken:
