@@ -74,7 +74,7 @@ class SnapshotStore:
     def write(self, state: ModelState, offsets: Mapping[int, int]) -> Path:
         """Write ``state`` (a copy taken at the cut) with the ``offsets`` it includes; prune old snapshots."""
         started = time.perf_counter()
-        path = write_snapshot(_Cut(state), self.root, dict(offsets), topic=self.topic)  # type: ignore[arg-type]
+        path = write_snapshot(state, self.root, dict(offsets), topic=self.topic)
         self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self.metrics.snapshots_written.inc()
         self.prune()
@@ -98,20 +98,6 @@ class SnapshotStore:
             shutil.rmtree(path, ignore_errors=True)
             log.info("deleted old snapshot %s (retention %d)", path, self.retention)
         return doomed
-
-
-class _Cut:
-    """A model state copied at the cut, offered to ``write_snapshot`` as the model it snapshots.
-
-    ``write_snapshot`` copies the model's state itself (``export_state``); handing it a copy taken earlier,
-    together with the offsets, lets the replica hold its apply lock only for the copy, not for the write.
-    """
-
-    def __init__(self, state: ModelState) -> None:
-        self._state = state
-
-    def export_state(self) -> ModelState:
-        return self._state
 
 
 class PeriodicSnapshots:
