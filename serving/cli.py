@@ -21,6 +21,14 @@ from serving.settings import Settings, env_var
 
 HELP = "run a serving replica (FastAPI + uvicorn) that consumes the delta topic"
 
+#: The same short names the other commands use (``freshet job run --bootstrap --defs --models``).
+SHORT_FLAGS = {
+    "bootstrap_servers": ("--bootstrap",),
+    "feature_defs": ("--defs",),
+    "snapshot_dir": ("--snapshots",),
+    "model_dir": ("--models",),
+}
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The flags of ``freshet serve``: one per ``Settings`` field, defaults shown from the model."""
@@ -29,6 +37,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default = field.default if name != "admin_token" else "unset: admin disabled"
         parser.add_argument(
             flag,
+            *SHORT_FLAGS.get(name, ()),
             dest=name,
             default=None,
             metavar=name.upper(),

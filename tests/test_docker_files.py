@@ -23,11 +23,19 @@ from typing import Any
 import pytest
 import yaml
 
+from freshet.spec import load_feature_set
+
 ROOT = Path(__file__).resolve().parent.parent
 DOCKER = ROOT / "docker"
 FLINK_SERVICES = ("jobmanager", "taskmanager")
 REPLICAS = ("replica-1", "replica-2")
-TOPICS = {"items.published", "engagement", "item.attributes", "freshet.deltas", "freshet.dlq", "freshet.late"}
+# Every topic the feature definitions name (sources, late-data side outputs), plus the job's own outputs.
+_DEFS = load_feature_set(ROOT / "feature_defs")
+TOPICS = (
+    {s.topic for s in _DEFS.sources}
+    | {f.late.topic for f in _DEFS.features if f.late.topic}
+    | {"freshet.deltas", "freshet.dlq"}
+)
 DEPENDS_ON_CONDITIONS = {"service_started", "service_healthy", "service_completed_successfully"}
 
 
