@@ -5,7 +5,8 @@ Buffers (rows ``[0, capacity)``; only ``[0, high_water)`` are ever used):
 * ``item_embedding [cap, dim]`` (the layout's dtype), ``features [cap, F]`` float32,
   ``eligibility [cap, W]`` int64, ``versions [cap, regions]`` int64 (``-1``: never written),
 * ``valid [cap]`` (row holds an embedding: retrievable), ``occupied [cap]`` (row holds an item),
-  ``item_ids [cap]``, and ``score_bias [cap]`` (the feature score terms, kept current by apply).
+  ``item_ids [cap]``, and ``score_bias [cap]`` (the feature score terms of valid rows, ``-inf`` for the
+  others; kept current by apply, so a query is ``embedding @ query + score_bias`` and a top-k).
 
 **Atomic with respect to queries** (DESIGN contract 4), by a writer-preferring readers–writer lock whose
 exclusive section is only the scatter. ``apply`` plans the batch with numpy (lookups, newest-per-cell, row
@@ -40,7 +41,7 @@ from freshet.intmap import IntMap
 from freshet.layout import TensorLayout
 from freshet.model_state import ModelState, state_digest
 from freshet.model_tensors import Buffers, Writes, check_state, install_state, view_state
-from freshet.retrieval import QueryError, RetrievalResult, compile_filter, top_k
+from freshet.retrieval import QueryError, RetrievalResult, compile_filter, select_rows
 from freshet.rwlock import RWLock
 
 log = logging.getLogger(__name__)
@@ -137,7 +138,9 @@ class IndexModel(torch.nn.Module):
         high_water = max(self._high_water, int(plan.new_rows.max(initial=-1)) + 1)
         self._reserve(high_water)
         writes = Writes.of(plan, batch, self.layout)
-        scored = np.concatenate([plan.new_rows, plan.reset_rows, writes.feature_rows])
+        scored = np.concatenate(
+            [plan.new_rows, plan.reset_rows, plan.freed_rows, writes.feature_rows, writes.embedding_rows]
+        )
         buffers = self._tensors()
         with self._rw.write():
             buffers.occupy(plan.new_rows, plan.new_ids, plan.new_floor, self.layout)
@@ -175,13 +178,16 @@ class IndexModel(torch.nn.Module):
         q = self._checked_query(query, k)
         with torch.no_grad(), self._rw.read():
             n = self._high_water
-            scores = (self.item_embedding[:n] @ q).float() + self.score_bias[:n]
-            eligible = rules.mask(self.eligibility[:n])
-            keep = self.valid[:n] if eligible is None else self.valid[:n] & eligible
-            rows = top_k(scores, keep, self.item_ids[:n], k)
+            scores = self._scores(q, n)
+            rows = select_rows(scores, self.eligibility[:n], self.item_ids[:n], rules, k)
             ids, feats = self.item_ids.numpy()[rows], self.features.numpy()[rows]
             names = tuple(c.name for c in self.layout.feature_columns)
             return RetrievalResult(ids, scores.numpy()[rows], feats, names)
+
+    def _scores(self, q: torch.Tensor, n: int) -> torch.Tensor:
+        if self.item_embedding.dtype == torch.float32:
+            return torch.addmv(self.score_bias[:n], self.item_embedding[:n], q)
+        return (self.item_embedding[:n] @ q).float() + self.score_bias[:n]
 
     def forward(self, query: torch.Tensor, k: int = 10, **filters: Any) -> RetrievalResult:
         return self.retrieve(query, k, **filters)

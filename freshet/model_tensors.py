@@ -59,7 +59,6 @@ class Buffers:
     @classmethod
     def empty(cls, layout: TensorLayout, capacity: int) -> Buffers:
         defaults = _defaults(layout)
-        bias = feature_scores(layout, defaults[None, :])
         return cls(
             item_embedding=torch.zeros(
                 capacity, layout.embedding_dim, dtype=TORCH_DTYPES[layout.embedding_dtype]
@@ -70,7 +69,7 @@ class Buffers:
             valid=torch.zeros(capacity, dtype=torch.bool),
             occupied=torch.zeros(capacity, dtype=torch.bool),
             item_ids=torch.zeros(capacity, dtype=torch.int64),
-            score_bias=torch.from_numpy(np.repeat(bias, capacity)),
+            score_bias=torch.full((capacity,), float("-inf"), dtype=torch.float32),
         )
 
     def copy_rows_from(self, other: Buffers, rows: int) -> None:
@@ -105,7 +104,9 @@ class Buffers:
         self.item_ids.numpy()[rows] = 0
 
     def refresh_scores(self, rows: Ints, layout: TensorLayout) -> None:
-        self.score_bias.numpy()[rows] = feature_scores(layout, self.features.numpy()[rows])
+        """Recompute the score bias of ``rows`` (after their features or validity changed)."""
+        bias = feature_scores(layout, self.features.numpy()[rows], self.valid.numpy()[rows])
+        self.score_bias.numpy()[rows] = bias
 
 
 def as_numpy(tensor: torch.Tensor) -> npt.NDArray[Any]:
@@ -252,5 +253,5 @@ def install_state(state: ModelState, layout: TensorLayout) -> tuple[Buffers, Int
         tensors["item_embedding"] = torch.from_numpy(copies["item_embedding"].view(np.int16)).view(
             torch.bfloat16
         )
-    bias = torch.from_numpy(feature_scores(layout, copies["features"]))
+    bias = torch.from_numpy(feature_scores(layout, copies["features"], copies["valid"]))
     return Buffers(**tensors, score_bias=bias), rows, IntMap(state.tomb_ids, state.tomb_versions)

@@ -48,6 +48,10 @@ class EligibilityFilter:
     excluded: tuple[int, ...]
     any_of: tuple[tuple[tuple[int, ...], ...], ...]
 
+    @property
+    def is_trivial(self) -> bool:
+        return not (any(self.required) or any(self.excluded) or self.any_of)
+
     def mask(self, eligibility: torch.Tensor) -> torch.Tensor | None:
         """bool[rows] of eligible rows, or ``None`` when nothing is filtered."""
         keep = _all_set(eligibility, self.required)
@@ -123,28 +127,93 @@ def _any_value(eligibility: torch.Tensor, values: Sequence[Sequence[int]]) -> to
     return hit
 
 
-def feature_scores(layout: TensorLayout, features: npt.NDArray[np.float32]) -> npt.NDArray[np.float32]:
-    """float32[rows]: the score terms of ``features`` [rows, num_features] (numpy: used on the apply path)."""
+def feature_scores(
+    layout: TensorLayout, features: npt.NDArray[np.float32], valid: npt.NDArray[np.bool_] | None = None
+) -> npt.NDArray[np.float32]:
+    """float32[rows]: the score terms of ``features`` [rows, num_features], ``-inf`` where not ``valid``.
+
+    Folding validity into the bias lets a query skip the validity mask: ``embedding @ query + bias``.
+    """
     total = np.zeros(features.shape[0], dtype=np.float32)
     for term in layout.score_terms:
         column = features[:, term.column]
         value = np.log1p(np.maximum(column, 0)) if term.transform == "log1p" else column
         total += np.float32(term.weight) * value
-    return total
+    return total if valid is None else np.where(valid, total, np.float32(-np.inf))
 
 
-def top_k(scores: torch.Tensor, keep: torch.Tensor, item_ids: torch.Tensor, k: int) -> npt.NDArray[np.int64]:
-    """Rows of the ``k`` best kept scores, best first, ties by ascending item id (exact, not approximate).
+#: rows sampled to pick a score threshold for filtered queries (see ``select_rows``)
+SAMPLE_ROWS = 32_768
+#: the threshold aims at this many times k eligible rows above it, so one pass almost always suffices
+OVERSAMPLE = 4
 
-    ``torch.topk`` finds the k-th best score; every kept row at least that good is a candidate, and a
-    lexicographic sort of the few candidates settles ties the same way on every replica.
+
+def select_rows(
+    scores: torch.Tensor, eligibility: torch.Tensor, item_ids: torch.Tensor, rules: EligibilityFilter, k: int
+) -> npt.NDArray[np.int64]:
+    """Rows of the ``k`` best eligible scores, best first, ties by ascending item id: exact, not approximate.
+
+    Rows that cannot be retrieved score ``-inf``. With a filter, evaluating it on every row costs about
+    half a pass over the embeddings again, so first a sample of rows estimates a score threshold above
+    which about ``OVERSAMPLE * k`` eligible rows lie, and the filter runs only on the rows above it. When at
+    least k of them are eligible, every row below the threshold ranks lower than all k, so the answer is
+    exact; otherwise (unlucky sample, very selective filter, small index) the whole index is filtered.
     """
-    k = min(k, int(keep.sum()))
+    if rules.is_trivial:
+        return _top_k(scores, None, item_ids, k)
+    rows = _above_sampled_threshold(scores, eligibility, rules, k)
+    if rows is not None:
+        return _best_of(rows, scores, item_ids, k)
+    keep = rules.mask(eligibility)
+    return _top_k(scores, keep, item_ids, k)
+
+
+def _above_sampled_threshold(
+    scores: torch.Tensor, eligibility: torch.Tensor, rules: EligibilityFilter, k: int
+) -> npt.NDArray[np.int64] | None:
+    n = scores.shape[0]
+    if n < 4 * SAMPLE_ROWS:
+        return None
+    sample = torch.arange(0, n, n // SAMPLE_ROWS)
+    sampled = scores[sample]
+    eligible = sampled[_eligible(sampled, eligibility[sample], rules)]
+    rank = -(
+        -OVERSAMPLE * k * sample.shape[0] // n
+    )  # ceil: sampled eligible rows expected above the threshold
+    if eligible.shape[0] <= rank:
+        return None
+    threshold = torch.topk(eligible, rank + 1).values[-1]
+    above = torch.nonzero(scores > threshold).squeeze(1)
+    rows = above[_eligible(scores[above], eligibility[above], rules)].numpy()
+    return rows if rows.shape[0] >= k else None
+
+
+def _eligible(scores: torch.Tensor, eligibility: torch.Tensor, rules: EligibilityFilter) -> torch.Tensor:
+    keep = rules.mask(eligibility)
+    finite = scores > float("-inf")
+    return finite if keep is None else finite & keep
+
+
+def _top_k(
+    scores: torch.Tensor, keep: torch.Tensor | None, item_ids: torch.Tensor, k: int
+) -> npt.NDArray[np.int64]:
+    """``torch.topk`` finds the k-th best score; every kept row at least that good is a candidate."""
+    masked = scores if keep is None else torch.where(keep, scores, float("-inf"))
+    k = min(k, masked.shape[0])
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
-    masked = torch.where(keep, scores, torch.tensor(float("-inf")))
     threshold = torch.topk(masked, k, sorted=False).values.min()
-    rows = torch.nonzero((masked >= threshold) & keep).squeeze(1).numpy()
-    order = np.lexsort((item_ids[rows].numpy(), -scores[rows].numpy()))
+    if threshold == float("-inf"):
+        rows = torch.nonzero(masked > threshold)
+    else:
+        rows = torch.nonzero(masked >= threshold)
+    return _best_of(rows.squeeze(1).numpy(), scores, item_ids, k)
+
+
+def _best_of(
+    rows: npt.NDArray[np.int64], scores: torch.Tensor, item_ids: torch.Tensor, k: int
+) -> npt.NDArray[np.int64]:
+    """The ``k`` best of the candidate ``rows``: a lexicographic sort settles ties the same on every replica."""
+    order = np.lexsort((item_ids.numpy()[rows], -scores.numpy()[rows]))
     best: npt.NDArray[np.int64] = rows[order[:k]]
     return best

@@ -12,6 +12,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from index_helpers import eligibility, embedding, feature, random_stream, small_layout, tombstone, wide_layout
 
+from freshet import retrieval
 from freshet.bits import bloom_positions, positions_from_words, words_from_positions
 from freshet.deltas import batch_of
 from freshet.layout import ScoreTerm, TensorLayout
@@ -111,6 +112,35 @@ def test_retrieve_equals_the_numpy_reference(seed: int, filters: dict) -> None: 
         np.testing.assert_allclose(result.scores, scores, rtol=1e-6)
         by_id = {it.item_id: it.features for it in items}
         assert [by_id[i].tolist() for i in ids] == result.features.tolist()
+
+
+def test_the_sampled_threshold_path_equals_the_reference(monkeypatch: pytest.MonkeyPatch) -> None:
+    """With a tiny sample the threshold path runs on 600 items; it must agree exactly (ties included), and
+    both its outcomes must occur: enough eligible rows above the threshold, or a fall back to the full filter."""
+    monkeypatch.setattr(retrieval, "SAMPLE_ROWS", 16)
+    monkeypatch.setattr(retrieval, "OVERSAMPLE", 1)  # estimates fall short often: the check must catch it
+    outcomes, original = [], retrieval._above_sampled_threshold
+
+    def spy(*args):  # type: ignore[no-untyped-def]
+        rows = original(*args)
+        outcomes.append(rows is not None)
+        return rows
+
+    monkeypatch.setattr(retrieval, "_above_sampled_threshold", spy)
+    for seed in range(3):
+        rng = np.random.default_rng(100 + seed)
+        items = make_items(rng, 600)
+        model = load(items)
+        for filters in FILTERS[1:]:
+            for k in (1, 5, 10, 40, 700):
+                query = rng.integers(-2, 3, LAYOUT.embedding_dim).astype(np.float32)
+                result = model.retrieve(torch.from_numpy(query), k, **filters)
+                assert result.item_ids.tolist() == reference(items, query, k, **filters)[0], (
+                    seed,
+                    filters,
+                    k,
+                )
+    assert set(outcomes) == {True, False}
 
 
 def test_ties_rank_by_ascending_item_id() -> None:
