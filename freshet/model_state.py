@@ -55,6 +55,10 @@ def _array_fields() -> list[Any]:
 ARRAY_NAMES = tuple(f.name for f in _array_fields())
 
 
+#: rows hashed per gather: sorting rows by id needs a gather, done a slice at a time to keep memory flat
+DIGEST_CHUNK_ROWS = 65_536
+
+
 def state_digest(state: ModelState) -> str:
     """sha256 over layout hash, model version, occupied rows sorted by item id, and sorted tombstones."""
     h = hashlib.sha256(DIGEST_VERSION)
@@ -63,14 +67,16 @@ def state_digest(state: ModelState) -> str:
     rows = np.flatnonzero(state.occupied)
     rows = rows[np.argsort(state.item_ids[rows], kind="stable")]
     for name in ("item_ids", "valid", "item_embedding", "features", "eligibility", "versions"):
-        _update(h, getattr(state, name)[rows])
+        _update(h, getattr(state, name), rows)
     order = np.argsort(state.tomb_ids, kind="stable")
-    _update(h, state.tomb_ids[order])
-    _update(h, state.tomb_versions[order])
+    _update(h, state.tomb_ids, order)
+    _update(h, state.tomb_versions, order)
     return h.hexdigest()
 
 
-def _update(h: Any, array: npt.NDArray[Any]) -> None:
-    """Hash the array's shape and its little-endian bytes, so no two sections can run together."""
-    h.update(np.asarray(array.shape, dtype="<i8").tobytes())
-    h.update(np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<")).tobytes())
+def _update(h: Any, array: npt.NDArray[Any], rows: npt.NDArray[np.intp]) -> None:
+    """Hash ``array[rows]``: its shape, then its little-endian bytes, so no two sections can run together."""
+    h.update(np.asarray((rows.shape[0], *array.shape[1:]), dtype="<i8").tobytes())
+    little = array.dtype.newbyteorder("<")
+    for start in range(0, rows.shape[0], DIGEST_CHUNK_ROWS):
+        h.update(np.ascontiguousarray(array[rows[start : start + DIGEST_CHUNK_ROWS]], dtype=little).data)
