@@ -6,9 +6,13 @@ dropped events the live job produces. What a stream outputs depends on the event
 the watermark emitted after each one (by default the bounded-out-of-orderness watermark after every
 event of a single partition, ``freshet.watermarks.watermarks_after_each``).
 
+The replay keeps, like the job, an event-time timer per item at each of ``due_times_ms``, so the
+empty window armed after a window's events (``freshet.windows``) fires its default at the same
+watermark as in the stream, and an item whose state is gone costs nothing.
+
 Per item the outputs are in exactly the stream's order. Between items, outputs of one watermark
-advance come in the order of their due times (then of scheduling); Flink leaves that order open,
-and no result depends on it (deltas are keyed per item).
+advance come item by item, in the order of their earliest due times (then of scheduling); Flink
+leaves that order open, and no result depends on it (deltas are keyed per item).
 """
 
 from __future__ import annotations
@@ -50,12 +54,7 @@ class StreamReplay(Generic[K]):
         """An event of item ``key`` arrives under the current watermark."""
         old = self.states.get(key, {})
         new, outputs = self.operator.on_event(old, ts_ms, value, self.watermark_ms)
-        lateness_ms = self.operator.feature.allowed_lateness_ms
-        for end in new.keys() - old.keys():
-            self._schedule(end - 1 + lateness_ms, key)
-            if new[end].firings == 0:
-                self._schedule(end - 1, key)
-        self._store(key, new)
+        self._store(key, old, new)
         return [(key, out) for out in outputs]
 
     def advance(self, watermark_ms: int) -> list[tuple[K, Output]]:
@@ -69,17 +68,23 @@ class StreamReplay(Generic[K]):
         outputs: list[tuple[K, Output]] = []
         for key in due:
             if key in self.states:
-                new, outs = self.operator.on_watermark(self.states[key], watermark_ms)
-                self._store(key, new)
+                old = self.states[key]
+                new, outs = self.operator.on_watermark(old, watermark_ms)
+                self._store(key, old, new)
                 outputs.extend((key, out) for out in outs)
         return outputs
 
-    def _schedule(self, due_ms: int, key: K) -> None:
-        heapq.heappush(self._timers, (due_ms, next(self._order), key))
+    def _store(self, key: K, old: WindowState, new: WindowState) -> None:
+        """Keep ``new`` as the item's state, with a timer at each of its due times not yet set.
 
-    def _store(self, key: K, state: WindowState) -> None:
-        if state:
-            self.states[key] = state
+        Every due time of a state is after the watermark it was made under, and the timers of the
+        old state that are after it are still set; a timer that finds nothing due does nothing.
+        """
+        unset = set(self.operator.due_times_ms(new)) - set(self.operator.due_times_ms(old))
+        for due_ms in sorted(unset):
+            heapq.heappush(self._timers, (due_ms, next(self._order), key))
+        if new:
+            self.states[key] = new
         else:
             self.states.pop(key, None)
 
@@ -108,6 +113,9 @@ def evaluate(
     a Fire(window_start_ms=0, window_end_ms=10, value=2.0, firing=1, event_time_ms=9)
     a Dropped(reason='late: window [0,10) closed at watermark 15', event_ts_ms=2, watermark_ms=15)
     a Fire(window_start_ms=10, window_end_ms=20, value=2.0, firing=0, event_time_ms=19)
+    a Fire(window_start_ms=20, window_end_ms=30, value=0.0, firing=0, event_time_ms=29)
+
+    The last line is the empty window after the item's last events, firing the default.
     """
     events = list(events)
     if watermarks is None:

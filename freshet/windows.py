@@ -31,13 +31,34 @@ names the fate of a *too late* event, which can no longer change any result:
 With ``drop`` the feature definitions require ``L = 0`` (``freshet.spec``), so there every late
 event is too late and dropped; this module treats ``drop`` with ``L > 0`` like ``update``.
 
-A window only exists once an event joined it, so every firing carries at least one event. A
-feature column holds the latest fired window: the replica keeps the highest version, and versions
+Empty windows. A window's state is made by its first event, so a window with no events would never
+fire, and a column would keep the last fired value for good (``likes_1h = 50`` hours after the last
+like). Instead, a window that fires **with events** (on time, or late within allowed lateness)
+**arms** the item's next window, the one ending at ``end + step`` (``step``: the slide, or the size
+when tumbling), unless that window already has state. An armed window is empty state:
+
+* when the watermark reaches its ``max_ts`` and no event has joined it, it fires once with the
+  feature's ``default`` (firing 0, ``version_for`` as usual, stamped ``end - 1``); at once when the
+  watermark is already past it (the firing that armed it was late);
+* an event joining it before then makes it an ordinary window, which fires its events' value;
+* after its default firing it is kept, like any fired window, until ``max_ts + L``, so a late event
+  joining it re-fires it with firing 1 (a higher version than the default) and the corrected value.
+
+An empty firing arms nothing: the column already holds what each further empty window would write.
+So one default is written per gap, and an idle item keeps no state once that window's allowed
+lateness has passed. A late firing arms too, since its value may be the column's newest (a window
+whose first event came late, or a late event into an empty-fired window) and would otherwise stay.
+Versions make this safe: the default's window end is greater than the arming window's, so it
+replaces that value; every firing of a later window replaces the default.
+
+A feature column holds the latest fired window: the replica keeps the highest version, and versions
 are window-end-major. Aggregates are not idempotent: a raw event delivered twice counts twice.
 """
 
 from __future__ import annotations
 
+import heapq
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Literal, NamedTuple, get_args
 
@@ -96,6 +117,8 @@ class WindowedAggregate:
     aggregation: Aggregation
     allowed_lateness_ms: int = 0
     late_policy: LatePolicy = "update"
+    #: the value an empty armed window fires (the feature's declared column default)
+    default: float = 0.0
 
     def __post_init__(self) -> None:
         aggregator(self.aggregation)  # raises on an unknown name
@@ -103,6 +126,8 @@ class WindowedAggregate:
             raise ValueError(f"allowed lateness must be >= 0, got {self.allowed_lateness_ms} ms")
         if self.late_policy not in get_args(LatePolicy):
             raise ValueError(f"late policy must be one of {get_args(LatePolicy)}, got {self.late_policy!r}")
+        if not math.isfinite(self.default):
+            raise ValueError(f"default must be a finite number, got {self.default}")
 
     @classmethod
     def from_feature(cls, feature: Feature) -> WindowedAggregate:
@@ -114,6 +139,7 @@ class WindowedAggregate:
             feature.aggregation,
             allowed_lateness_ms=feature.allowed_lateness_ms,
             late_policy=feature.late.policy,
+            default=feature.default,
         )
 
 
@@ -151,10 +177,12 @@ Output = Fire | Late | Dropped
 
 
 class Slot(NamedTuple):
-    """One open window: its accumulator and how many times it has fired."""
+    """One open window: its accumulator, how many times it has fired, and whether it holds no event."""
 
     acc: Any
     firings: int
+    #: armed by the previous window's firing and joined by no event yet: it fires (or fired) the default
+    empty: bool = False
 
 
 WindowState = dict[int, Slot]
@@ -182,6 +210,7 @@ class WindowOperator:
         self.feature = feature
         self._agg = aggregator(feature.aggregation)
         self._size_ms = feature.window.size_ms
+        self._step_ms = feature.window.step_ms
         self._lateness_ms = feature.allowed_lateness_ms
 
     def initial_state(self) -> WindowState:
@@ -198,42 +227,74 @@ class WindowOperator:
         if not joined:
             outputs.append(self._too_late(windows[-1], event_ts_ms, value, watermark_ms))
             return state, outputs
-        state = dict(state)
+        slots = dict(state)
         for start, end in joined:
-            acc, firings = state.get(end) or Slot(self._agg.initial(), 0)
+            acc, firings, _ = slots.get(end) or Slot(self._agg.initial(), 0)
             acc = self._agg.add(acc, value, event_ts_ms)
-            if end - 1 <= watermark_ms:  # already fired: re-fire with the corrected value
+            if end - 1 <= watermark_ms:  # already due: (re-)fire with the corrected value
                 outputs.append(Fire(start, end, self._agg.result(acc), firings, end - 1))
                 firings += 1
-            state[end] = Slot(acc, firings)
-        return state, outputs
+                self._arm_next(slots, end)
+            slots[end] = Slot(acc, firings)
+        # A window armed above that the watermark already passed fires its default now; only after
+        # the joins, so a window this event also joined fires its value instead of the default first.
+        slots, fired_empty = self.on_watermark(slots, watermark_ms)
+        return slots, outputs + fired_empty
 
     def on_watermark(self, state: WindowState, watermark_ms: int) -> tuple[WindowState, list[Output]]:
-        """The watermark advanced to ``watermark_ms``: fire windows it passed, clear expired ones."""
+        """The watermark advanced to ``watermark_ms``: fire windows it passed, clear expired ones.
+
+        A window firing with events arms the next one, which fires in the same call when due.
+        """
         if not any(self._acts_at(end, slot) <= watermark_ms for end, slot in state.items()):
             return state, []
         outputs: list[Output] = []
-        kept: WindowState = {}
-        for end in sorted(state):
-            acc, firings = state[end]
-            if firings == 0 and end - 1 <= watermark_ms:
-                outputs.append(Fire(end - self._size_ms, end, self._agg.result(acc), 0, end - 1))
-                firings = 1
+        slots, kept = dict(state), {}
+        ends = sorted(slots)  # a sorted list is a heap: windows armed on the way join in end order
+        while ends:
+            end = heapq.heappop(ends)
+            slot = slots[end]
+            if slot.firings == 0 and end - 1 <= watermark_ms:
+                outputs.append(self._fire_on_time(end, slot))
+                slot = slot._replace(firings=1)
+                if not slot.empty and self._arm_next(slots, end):
+                    heapq.heappush(ends, end + self._step_ms)
             if end - 1 + self._lateness_ms > watermark_ms:
-                kept[end] = Slot(acc, firings)
+                kept[end] = slot
         return kept, outputs
 
     def due_times_ms(self, state: WindowState) -> list[int]:
         """Watermarks at which ``on_watermark`` will act on ``state`` (for event-time timers).
 
+        They include the times of the window that a pending firing will arm, so timers registered
+        after each event alone already cover every firing until the next event.
+
         >>> op = WindowOperator(WindowedAggregate(WindowSpec(10), "count", allowed_lateness_ms=5))
         >>> state, _ = op.on_event(op.initial_state(), 3, 1.0, NO_WATERMARK)
-        >>> op.due_times_ms(state)
-        [9, 14]
+        >>> op.due_times_ms(state)  # [0, 10) fires at 9 and clears at 14; [10, 20) the same 10 later
+        [9, 14, 19, 24]
         """
-        due = {end - 1 + self._lateness_ms for end in state}
-        due.update(end - 1 for end, slot in state.items() if slot.firings == 0)
+        due = set()
+        for end, slot in state.items():
+            due.add(end - 1 + self._lateness_ms)
+            if slot.firings == 0:
+                due.add(end - 1)
+                armed = end + self._step_ms
+                if not slot.empty and armed not in state:
+                    due.update((armed - 1, armed - 1 + self._lateness_ms))
         return sorted(due)
+
+    def _fire_on_time(self, end: int, slot: Slot) -> Fire:
+        value = self.feature.default if slot.empty else self._agg.result(slot.acc)
+        return Fire(end - self._size_ms, end, value, 0, end - 1)
+
+    def _arm_next(self, slots: WindowState, end: int) -> bool:
+        """Arm the window after ``end`` in ``slots`` unless it has state; whether it was armed."""
+        armed = end + self._step_ms
+        if armed in slots:
+            return False
+        slots[armed] = Slot(self._agg.initial(), 0, empty=True)
+        return True
 
     def _acts_at(self, end: int, slot: Slot) -> int:
         return end - 1 if slot.firings == 0 else end - 1 + self._lateness_ms

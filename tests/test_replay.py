@@ -2,7 +2,8 @@
 
 The oracle judges every event against the watermark current when it arrived, straight from the
 rules in ``freshet.windows``' docstring, and recomputes each window's firings from the raw events
-with plain ``len``/``math.fsum``/``min``/``max``/``set``.
+with plain ``len``/``math.fsum``/``min``/``max``/``set``, plus the default firing of an empty window
+from when its previous window first fired with events.
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import itertools
 import math
 from collections import defaultdict
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +21,7 @@ from hypothesis import strategies as st
 
 from freshet.aggregators import Aggregation, Value
 from freshet.replay import FinalValue, StreamReplay, evaluate, final_values, latest_per_key
+from freshet.spec import load_feature_set
 from freshet.watermarks import watermarks_after_each
 from freshet.windows import (
     END_OF_STREAM,
@@ -34,6 +37,7 @@ from freshet.windows import (
 )
 
 Event = tuple[int, str, Value]
+FEATURE_DEFS = Path(__file__).parent.parent / "feature_defs"
 
 
 def brute(aggregation: Aggregation, events: list[Event]) -> float:
@@ -59,31 +63,54 @@ def windows_holding(spec: WindowSpec, ts_ms: int) -> list[tuple[int, int]]:
             and s <= ts_ms < s + spec.size_ms]  # fmt: skip
 
 
+Moment = tuple[int, int]
+"""When something happens: ``(i, 0)`` is event ``i`` arriving, ``(i, 1)`` the watermark after it."""
+
+
 def oracle(
     events: list[Event], watermarks: list[int], feature: WindowedAggregate, end_watermark_ms: int | None
 ) -> tuple[dict[tuple[str, int], list[tuple[float, int]]], dict[str, list[tuple[str, int]]]]:
-    """Per (item, window end): the firings (value, firing); per item: the too-late events, in order."""
-    lateness = feature.allowed_lateness_ms
+    """Per (item, window end): the firings (value, firing); per item: the too-late events, in order.
+
+    Each window's firings are derived from its events and from when the previous window first
+    fired with events (which arms an empty window to fire the default), oldest window first.
+    """
+    lateness, step = feature.allowed_lateness_ms, feature.window.step_ms
     before = list(itertools.accumulate([NO_WATERMARK, *watermarks], max))[: len(events)]
-    on_time: dict[tuple[str, int], list[Event]] = defaultdict(list)
-    late: dict[tuple[str, int], list[Event]] = defaultdict(list)
+    marks = [*watermarks, *([end_watermark_ms] if end_watermark_ms is not None else [])]
+    reached = list(itertools.accumulate(marks, max))  # the watermark at each moment (i, 1)
+    joined: dict[tuple[str, int], list[tuple[Moment, Event]]] = defaultdict(list)
     too_late: dict[str, list[tuple[str, int]]] = defaultdict(list)
-    for event, w in zip(events, before, strict=True):
+    for i, (event, w) in enumerate(zip(events, before, strict=True)):
         ts, key, _ = event
-        joined = [end for _, end in windows_holding(feature.window, ts) if end - 1 + lateness > w]
-        for end in joined:
-            (on_time if end - 1 > w else late)[key, end].append(event)
-        if not joined:
+        ends = [end for _, end in windows_holding(feature.window, ts) if end - 1 + lateness > w]
+        for end in ends:
+            joined[key, end].append(((i, 0), event))
+        if not ends:
             too_late[key].append(("late" if feature.late_policy == "side_output" else "drop", ts))
-    final_w = max([NO_WATERMARK, *watermarks, *([end_watermark_ms] if end_watermark_ms is not None else [])])
-    fires: dict[tuple[str, int], list[tuple[float, int]]] = {}
-    for key, end in on_time.keys() | late.keys():
-        base = on_time[key, end]
-        seq = [(brute(feature.aggregation, base), 0)] if base and end - 1 <= final_w else []
-        for k in range(len(late[key, end])):
-            seq.append((brute(feature.aggregation, base + late[key, end][: k + 1]), len(seq)))
-        if seq:
-            fires[key, end] = seq
+
+    def due(end: int) -> Moment | None:  # the first moment the watermark is at end - 1 or beyond
+        return next(((i, 1) for i, w in enumerate(reached) if w >= end - 1), None)
+
+    # every window with events, and each one's next window, the only one its firings can arm
+    windows = sorted({(key, end + d) for key, end in joined for d in (0, step)}, key=lambda kw: kw[::-1])
+    firings: dict[tuple[str, int], list[tuple[Moment, float, bool]]] = {}  # (when, value, with events)
+    for key, end in windows:
+        at = due(end)
+        on_time = [e for m, e in joined[key, end] if at is None or m < at]
+        late = [(m, e) for m, e in joined[key, end] if at is not None and m > at]
+        seq: list[tuple[Moment, float, bool]] = []
+        if on_time and at is not None:
+            seq.append((at, brute(feature.aggregation, on_time), True))
+        armed_at = next((m for m, _, with_events in firings.get((key, end - step), []) if with_events), None)
+        if not on_time and armed_at is not None and at is not None:
+            empty_at = max(armed_at, at)
+            if not late or empty_at < late[0][0]:  # an event joining at the same moment comes first
+                seq.append((empty_at, feature.default, False))
+        for k, (m, _) in enumerate(late):
+            seq.append((m, brute(feature.aggregation, on_time + [e for _, e in late[: k + 1]]), True))
+        firings[key, end] = seq
+    fires = {kw: [(value, n) for n, (_, value, _) in enumerate(seq)] for kw, seq in firings.items() if seq}
     return fires, dict(too_late)
 
 
@@ -113,6 +140,7 @@ features = st.builds(
     st.sampled_from(AGGREGATIONS),
     allowed_lateness_ms=st.integers(0, 25),
     late_policy=st.sampled_from(POLICIES),
+    default=st.sampled_from([0.0, -1.5]),
 )
 events_st = st.lists(
     st.tuples(st.integers(0, 200), st.sampled_from("abc"), st.integers(-5, 5).map(float)), max_size=60
@@ -196,8 +224,25 @@ def test_outputs_of_one_item_keep_the_stream_order() -> None:
         ("y", Fire(0, 10, 5.0, 0, 9)),
         ("x", Fire(0, 10, 5.0, 1, 9)),
         ("x", Fire(10, 20, 2.0, 0, 19)),
+        ("x", Fire(20, 30, 0.0, 0, 29)),  # x's empty window after its last, in the same advance
+        ("y", Fire(10, 20, 0.0, 0, 19)),
         ("x", Late("late: window [0,10) closed at watermark 39", 5, 8.0, 39)),
     ]
+
+
+def test_an_idle_item_falls_back_to_the_default_once_its_window_is_empty() -> None:
+    likes_1h = next(f for f in load_feature_set(FEATURE_DEFS).features if f.name == "likes_1h")
+    feature = WindowedAggregate.from_feature(likes_1h)  # sliding 1h every 5m, default 0
+    hour, t0 = 3_600_000, 1_700_000_000_000
+    burst: list[Event] = [(t0 + i, "liked", 1.0) for i in range(50)]
+    other: list[Event] = [(t0 + k * 60_000, "busy", 1.0) for k in range(1, 150)]  # moves the watermark
+    got = evaluate(burst + other, feature, max_out_of_orderness_ms=0)
+    armed_end = max(end for _, end in feature.window.windows_for(t0 + 49)) + feature.window.step_ms
+    liked = [out for key, out in got if key == "liked" and isinstance(out, Fire)]
+    assert len(liked) == sum(key == "liked" for key, _ in got)
+    assert [out.value for out in liked] == [50.0] * (hour // feature.window.step_ms) + [0.0]
+    assert liked[-1] == Fire(armed_end - hour, armed_end, 0.0, 0, armed_end - 1)
+    assert final_values(got)["liked"] == FinalValue(0.0, version_for(liked[-1]))
 
 
 def test_final_values_keep_the_highest_version() -> None:

@@ -110,6 +110,10 @@ def test_windows_for_is_every_aligned_window_holding_the_event(size: int, slide:
             "allowed lateness must be >= 0",
         ),
         (lambda: WindowedAggregate(TUMBLING, "count", late_policy="keep"), "late policy must be one of"),  # type: ignore[arg-type]
+        (
+            lambda: WindowedAggregate(TUMBLING, "count", default=float("nan")),
+            "default must be a finite number",
+        ),
     ],
 )
 def test_invalid_parameters_are_refused(make: Any, message: str) -> None:
@@ -127,13 +131,19 @@ def lateness(policy: LatePolicy, lateness_ms: int = 5, spec: WindowSpec = TUMBLI
 
 
 FIRE_0 = ("fire", 0, 10, 1.0, 0)
+EMPTY_1 = ("fire", 10, 20, 0.0, 0)  # the window after [0, 10), armed by its firing, with no events
 
 SCENARIOS: list[tuple[str, WindowedAggregate, list[Step], list[tuple[Any, ...]]]] = [
     # -- on time: a window fires once, when the watermark reaches end - 1
     ("no fire before end-1", count10, [("event", 3, NO_WATERMARK), ("wm", 8)], []),
     ("fires at exactly end-1", count10, [("event", 3, NO_WATERMARK), ("wm", 9)], [FIRE_0]),
-    ("fires once", count10, [("event", 3, NO_WATERMARK), ("wm", 9), ("wm", 10), ("wm", 500)], [FIRE_0]),
-    ("late watermark fires too", count10, [("event", 3, NO_WATERMARK), ("wm", 1_000)], [FIRE_0]),
+    (
+        "fires once",
+        count10,
+        [("event", 3, NO_WATERMARK), ("wm", 9), ("wm", 10), ("wm", 500)],
+        [FIRE_0, EMPTY_1],
+    ),
+    ("late watermark fires too", count10, [("event", 3, NO_WATERMARK), ("wm", 1_000)], [FIRE_0, EMPTY_1]),
     (
         "events before end-1 all count",
         count10,
@@ -190,7 +200,7 @@ SCENARIOS: list[tuple[str, WindowedAggregate, list[Step], list[tuple[Any, ...]]]
         "late refire then the watermark passes end-1+L: no further fire",
         lateness("update"),
         [("event", 3, NO_WATERMARK), ("event", 4, 9), ("wm", 14), ("wm", 100)],
-        [FIRE_0, ("fire", 0, 10, 2.0, 1)],
+        [FIRE_0, ("fire", 0, 10, 2.0, 1), EMPTY_1],
     ),
     # -- too late (W >= end-1+L): the policy decides
     ("update: too late at W=end-1+L", lateness("update"), [("event", 3, 14)], [("drop", 3)]),
@@ -233,6 +243,85 @@ SCENARIOS: list[tuple[str, WindowedAggregate, list[Step], list[tuple[Any, ...]]]
         count10,
         [("event", 3, NO_WATERMARK), ("event", 12, 9), ("wm", 19)],
         [FIRE_0, ("fire", 10, 20, 1.0, 0)],
+    ),
+    # -- empty windows: a firing with events arms the next window, which fires the default if empty
+    (
+        "tumbling gap: one default firing, then silence",
+        count10,
+        [("event", 3, NO_WATERMARK), ("wm", 9), ("wm", 18), ("wm", 19), ("wm", 29), ("wm", 1_000)],
+        [FIRE_0, EMPTY_1],
+    ),
+    (
+        "a watermark jumping the gap fires the window and its empty next at once",
+        count10,
+        [("event", 3, NO_WATERMARK), ("wm", END_OF_STREAM)],
+        [FIRE_0, EMPTY_1],
+    ),
+    (
+        "the empty window fires the declared default, not the empty aggregate",
+        WindowedAggregate(TUMBLING, "mean", default=7.0),
+        [("event", 3, NO_WATERMARK, 2.0), ("wm", 100)],
+        [("fire", 0, 10, 2.0, 0), ("fire", 10, 20, 7.0, 0)],
+    ),
+    (
+        "sliding gap: the window after the event's newest fires the default once",
+        lateness("update", 0, SLIDING),
+        [("event", 15, NO_WATERMARK), ("wm", 19), ("wm", 29), ("wm", 39), ("wm", 49), ("wm", 1_000)],
+        [("fire", 0, 20, 1.0, 0), ("fire", 10, 30, 1.0, 0), ("fire", 20, 40, 0.0, 0)],
+    ),
+    (
+        "an event just before the armed window fires makes it fire its value",
+        count10,
+        [("event", 3, NO_WATERMARK), ("wm", 9), ("event", 19, 18), ("wm", 19), ("wm", 29), ("wm", 39)],
+        [FIRE_0, ("fire", 10, 20, 1.0, 0), ("fire", 20, 30, 0.0, 0)],
+    ),
+    (
+        "sliding: an event just before the armed window fires makes it fire its value",
+        lateness("update", 0, SLIDING),
+        [("event", 15, NO_WATERMARK), ("wm", 29), ("event", 38, 38), ("wm", 39), ("wm", 49), ("wm", 59)],
+        [
+            ("fire", 0, 20, 1.0, 0),
+            ("fire", 10, 30, 1.0, 0),
+            ("fire", 20, 40, 1.0, 0),
+            ("fire", 30, 50, 1.0, 0),
+            ("fire", 40, 60, 0.0, 0),
+        ],
+    ),
+    (
+        "a late event into an empty-fired window re-fires it with firing 1",
+        lateness("update"),
+        [("event", 3, NO_WATERMARK), ("wm", 19), ("event", 12, 20), ("wm", 29), ("wm", 100)],
+        [FIRE_0, EMPTY_1, ("fire", 10, 20, 1.0, 1), ("fire", 20, 30, 0.0, 0)],
+    ),
+    (
+        "a late re-fire arms the next window, which fires at once when already due",
+        lateness("update", 15),
+        [("event", 3, NO_WATERMARK), ("wm", 29), ("event", 12, 29), ("wm", 100)],
+        [FIRE_0, EMPTY_1, ("fire", 10, 20, 1.0, 1), ("fire", 20, 30, 0.0, 0)],
+    ),
+    (
+        "an idle item's late first event is followed by the default of the next window",
+        lateness("update", 15),
+        [("event", 4, 20), ("wm", 100)],
+        [("fire", 0, 10, 1.0, 0), EMPTY_1],
+    ),
+    (
+        "sliding: an event joining the window it arms fires its value, no default first",
+        lateness("update", 15, SLIDING),
+        [("event", 25, 41), ("wm", 49), ("wm", 100)],
+        [("fire", 10, 30, 1.0, 0), ("fire", 20, 40, 1.0, 0), ("fire", 30, 50, 0.0, 0)],
+    ),
+    (
+        "a late event into the window before an empty-fired one re-fires only that window",
+        lateness("update", 25),
+        [("event", 3, NO_WATERMARK), ("wm", 19), ("event", 5, 30), ("wm", 100)],
+        [FIRE_0, EMPTY_1, ("fire", 0, 10, 2.0, 1)],
+    ),
+    (
+        "too late events arm nothing",
+        lateness("side_output", 0),
+        [("event", 3, 9), ("wm", 100)],
+        [("late", 3)],
     ),
 ]
 
@@ -300,11 +389,14 @@ def test_state_is_cleared_when_the_watermark_reaches_end_minus_1_plus_lateness(
     feature = lateness("update", lateness_ms, spec)
     state, _ = run(feature, [("event", 15, NO_WATERMARK)])
     last_end = max(state)
+    armed_end = last_end + spec.step_ms  # the empty window the last firing arms
     assert len(state) == len(spec.windows_for(15))
     before, _ = run(feature, [("wm", last_end - 1 + lateness_ms - 1)], state)
-    assert list(before) == [last_end]
+    assert last_end in before
     after, _ = run(feature, [("wm", last_end - 1 + lateness_ms)], state)
-    assert after == {}
+    assert list(after) == [armed_end]
+    assert run(feature, [("wm", armed_end - 1 + lateness_ms - 1)], state)[0] != {}
+    assert run(feature, [("wm", armed_end - 1 + lateness_ms)], state)[0] == {}
 
 
 def test_state_stays_bounded_over_a_long_stream() -> None:
@@ -318,14 +410,43 @@ def test_state_stays_bounded_over_a_long_stream() -> None:
     assert op.on_watermark(state, END_OF_STREAM)[0] == {}
 
 
-def test_the_state_passed_in_is_never_changed() -> None:
+@pytest.mark.parametrize("watermark_ms", [NO_WATERMARK, 29, 31, 39])  # before, at, past the arming
+def test_the_state_passed_in_is_never_changed(watermark_ms: int) -> None:
     op = WindowOperator(lateness("update", 5, SLIDING))
     state, _ = op.on_event({}, 15, 1.0, NO_WATERMARK)
+    state, _ = op.on_watermark(state, watermark_ms)
     snapshot = dict(state)
-    op.on_event(state, 16, 1.0, NO_WATERMARK)
-    op.on_event(state, 17, 1.0, 19)
+    op.on_event(state, 16, 1.0, max(watermark_ms, 19))
+    op.on_event(state, 35, 1.0, max(watermark_ms, 19))
+    op.on_event(state, 31, 1.0, max(watermark_ms, 39))
     op.on_watermark(state, 100)
+    op.on_watermark(state, END_OF_STREAM)
     assert state == snapshot
+
+
+@pytest.mark.parametrize("lateness_ms", [0, 5, 25])
+@pytest.mark.parametrize("spec", [TUMBLING, SLIDING], ids=["tumbling", "sliding"])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("event", 15, NO_WATERMARK)],
+        [("event", 15, NO_WATERMARK), ("wm", 29)],  # armed
+        [("event", 15, NO_WATERMARK), ("wm", 39)],  # empty-fired
+        [("event", 15, NO_WATERMARK), ("wm", 39), ("event", 31, 39)],  # late into the empty-fired one
+    ],
+    ids=["open", "armed", "empty-fired", "late-into-empty"],
+)
+def test_end_of_stream_fires_everything_and_leaves_no_state(
+    spec: WindowSpec, lateness_ms: int, steps: list[Step]
+) -> None:
+    feature = lateness("update", lateness_ms, spec)
+    state, before = run(feature, steps)
+    after, at_end = run(feature, [("wm", END_OF_STREAM)], state)
+    assert after == {}
+    assert WindowOperator(feature).due_times_ms(after) == []
+    newest = max((o for o in before + at_end if o[0] == "fire"), key=lambda o: (o[2], o[4]))
+    assert newest[3] == 0.0  # the column ends at the default (a count of 0 only comes from it)
+    assert sum(o[3] == 0.0 for o in at_end) <= 1
 
 
 def test_nothing_to_do_returns_the_same_state() -> None:
@@ -334,13 +455,32 @@ def test_nothing_to_do_returns_the_same_state() -> None:
     assert op.on_watermark(state, 5) == (state, [])
 
 
-def test_due_times_are_where_on_watermark_acts() -> None:
+def test_due_times_include_the_window_a_firing_will_arm() -> None:
     op = WindowOperator(lateness("update", 5, SLIDING))
     state, _ = op.on_event({}, 15, 1.0, NO_WATERMARK)
-    assert op.due_times_ms(state) == [19, 24, 29, 34]
-    for w in range(0, 40):
-        changed = op.on_watermark(state, w)[0] != op.on_watermark(state, w - 1)[0]
-        assert changed == (w in op.due_times_ms(state))
+    assert op.due_times_ms(state) == [19, 24, 29, 34, 39, 44]  # [30, 40) is armed by [10, 30)'s firing
+
+
+@pytest.mark.parametrize("lateness_ms", [0, 5, 25])
+@pytest.mark.parametrize("spec", [TUMBLING, SLIDING], ids=["tumbling", "sliding"])
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [("event", 15, NO_WATERMARK)],
+        [("event", 15, NO_WATERMARK), ("event", 3, NO_WATERMARK)],
+        [("event", 15, NO_WATERMARK), ("wm", 29)],
+        [("event", 15, NO_WATERMARK), ("wm", 39)],
+        [("event", 15, NO_WATERMARK), ("wm", 39), ("event", 31, 39)],
+        [("event", 4, 20)],
+    ],
+)
+def test_due_times_are_exactly_where_on_watermark_acts(
+    spec: WindowSpec, lateness_ms: int, steps: list[Step]
+) -> None:
+    op = WindowOperator(lateness("update", lateness_ms, spec))
+    state, _ = run(op.feature, steps)
+    acts = [w for w in range(-1, 200) if op.on_watermark(state, w) != op.on_watermark(state, w - 1)]
+    assert op.due_times_ms(state) == acts
 
 
 # ---------------------------------------------------------------- versions
@@ -396,3 +536,9 @@ def test_from_feature_reads_the_declared_window_semantics() -> None:
     assert got["views_10m"] == WindowedAggregate(WindowSpec(600_000), "count", 30_000, "side_output")
     assert got["unique_likers_1d"].aggregation == "approx_distinct"
     assert got["dwell_max_1h"] == WindowedAggregate(WindowSpec(3_600_000), "max", 0, "drop")
+    assert all(got[f.name].default == f.default for f in features.features)
+
+
+def test_from_feature_takes_the_declared_default() -> None:
+    feature = load_feature_set(FEATURE_DEFS).features[0]
+    assert WindowedAggregate.from_feature(feature.model_copy(update={"default": -1.0})).default == -1.0
