@@ -1,0 +1,460 @@
+"""The delta job: raw events of the declared sources → keyed, versioned tensor deltas on Kafka, exactly once.
+
+    freshet job run --bootstrap HOST:PORT --defs feature_defs --models DIR      # local MiniCluster + web UI
+    flink run -m HOST:PORT -py flink_jobs/deltas_job.py ... -- --detach ...    # what `freshet job submit` runs
+
+Per source (``feature_defs``): a Kafka source of raw bytes → parse (rejections to the dead-letter topic with
+their reason) → event time and the declared watermark (bounded out-of-orderness, idleness) → by what the
+source feeds:
+
+* windowed features: keyed by item id, one ``WindowedFeatures`` operator holds the item's windows of every
+  feature of the source, fires on event-time timers, and sends too-late events to the declared topic;
+* eligibility: each attribute event → the item's absolute eligibility words;
+* embedding: new items, batched, through the item tower of the newest compatible published model.
+
+All deltas go to one topic, keyed by item id, through ``KeyedBytesSink`` (Kafka transactions committed on
+checkpoints). ``build_pipeline`` is the whole computation and takes any byte streams, so a test can plug in
+a collection source; ``submit`` wires Kafka around it.
+
+Watermarks are generated after parsing (the event time is inside the JSON and PyFlink's ``from_source``
+takes no Python timestamp assigner), so they are per source subtask over the partitions it reads, not per
+partition: with parallelism 1 a partition that lags another by more than the declared out-of-orderness
+makes its events late.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if __package__ in (None, ""):  # run as a script by `flink run -py`: make the project importable
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+from flink_jobs import runtime
+from flink_jobs.sinks import (
+    KeyedBytesSink,
+    keyed_bytes_table,
+    keyed_bytes_type,
+    unique_transactional_id_prefix,
+)
+from freshet.job_logic import windowed_sources
+
+if TYPE_CHECKING:
+    from pyflink.common import JobClient
+    from pyflink.datastream import DataStream, StreamExecutionEnvironment
+    from pyflink.table import StatementSet, StreamTableEnvironment
+
+    from freshet.spec import FeatureSet
+
+JOB_FILE = "freshet-job.json"
+DEFAULT_JOB_NAME = "freshet-deltas"
+
+
+@dataclass(frozen=True)
+class PipelineSettings:
+    """What the computation needs besides the feature definitions."""
+
+    models_dir: Path
+    embed_batch_size: int = 64
+    embed_linger_ms: int = 200
+    model_poll_ms: int = 5_000
+    #: keys of the embedding operator (item id modulo this): its parallelism at most
+    embed_shards: int = 1
+
+
+@dataclass(frozen=True)
+class JobSettings:
+    """Everything a run of the delta job needs; ``settings_argv`` gives it back as command-line options."""
+
+    bootstrap: str
+    pipeline: PipelineSettings
+    defs: Path = Path("feature_defs")
+    flink: runtime.FlinkSettings = field(default_factory=runtime.FlinkSettings)
+    job_name: str = DEFAULT_JOB_NAME
+    delta_topic: str = "freshet.deltas"
+    dlq_topic: str = "freshet.dlq"
+    #: declared topic → topic actually read or written (sources and late-data topics)
+    topic_map: Mapping[str, str] = field(default_factory=dict)
+    #: unique per job, and the same when the job is restored (its Kafka sinks recover their transactions)
+    transactional_id_prefix: str = ""
+    transaction_timeout_ms: int = 600_000
+    group_id: str = ""
+
+    def topic(self, declared: str) -> str:
+        return self.topic_map.get(declared, declared)
+
+
+@dataclass(frozen=True)
+class Outputs:
+    """The job's output streams, each of ``Row(key: str, payload: bytes)``."""
+
+    deltas: DataStream
+    dlq: DataStream
+    #: too-late events by declared topic (features with ``late.policy: side_output``)
+    late: dict[str, DataStream]
+
+
+# ------------------------------------------------------------------ the computation
+
+
+def build_pipeline(
+    env: StreamExecutionEnvironment,
+    sources: Mapping[str, DataStream],
+    feature_set: FeatureSet,
+    settings: PipelineSettings,
+) -> Outputs:
+    """Deltas, dead letters and too-late events from ``sources`` (raw bytes by declared source name)."""
+    from pyflink.datastream import OutputTag
+
+    from flink_jobs.functions import ParseEvents
+
+    deltas: list[DataStream] = []
+    dlq: list[DataStream] = []
+    late: dict[str, list[DataStream]] = {}
+    for name, raw in sources.items():
+        tag = OutputTag(f"dlq-{name}", keyed_bytes_type())  # a fresh type per tag (ENVIRONMENT.md)
+        parsed = raw.process(ParseEvents(feature_set, name, tag)).name(f"parse {name}").uid(f"parse-{name}")
+        dlq.append(parsed.get_side_output(tag))
+        events = _with_event_time(parsed, feature_set, name)
+        if name in windowed_sources(feature_set):
+            out, late_by_topic = _windowed(events, feature_set, name)
+            deltas.append(out)
+            for topic, stream in late_by_topic.items():
+                late.setdefault(topic, []).append(stream)
+        if feature_set.eligibility is not None and feature_set.eligibility.source == name:
+            deltas.append(_eligibility(events, feature_set, name))
+        if feature_set.embedding.source == name:
+            deltas.append(_embeddings(events, feature_set, name, settings))
+    if not deltas:
+        raise ValueError(
+            f"none of the sources {sorted(sources)} feeds a feature, eligibility or the embedding"
+        )
+    return Outputs(_union(deltas), _union(dlq), {topic: _union(streams) for topic, streams in late.items()})
+
+
+def _with_event_time(parsed: DataStream, feature_set: FeatureSet, name: str) -> DataStream:
+    from pyflink.common import Duration, WatermarkStrategy
+
+    from flink_jobs.functions import EventTime
+
+    watermark = feature_set.source(name).watermark
+    strategy = (
+        WatermarkStrategy.for_bounded_out_of_orderness(Duration.of_millis(watermark.max_out_of_orderness_ms))
+        .with_idleness(Duration.of_millis(watermark.idle_timeout_ms))
+        .with_timestamp_assigner(EventTime())
+    )
+    return (
+        parsed.assign_timestamps_and_watermarks(strategy).name(f"event time {name}").uid(f"event-time-{name}")
+    )
+
+
+def _windowed(
+    events: DataStream, feature_set: FeatureSet, name: str
+) -> tuple[DataStream, dict[str, DataStream]]:
+    from pyflink.common import Types
+    from pyflink.datastream import OutputTag
+
+    from flink_jobs.functions import WindowedFeatures, item_id_of
+
+    topics = sorted({f.late.topic for f in feature_set.features if f.source == name and f.late.topic})
+    tags = {topic: OutputTag(f"late-{name}-{i}", keyed_bytes_type()) for i, topic in enumerate(topics)}
+    out = (
+        events.key_by(item_id_of, key_type=Types.LONG())
+        .process(WindowedFeatures(feature_set, name, tags), output_type=keyed_bytes_type())
+        .name(f"windows {name}")
+        .uid(f"windows-{name}")
+    )
+    return out, {topic: out.get_side_output(tag) for topic, tag in tags.items()}
+
+
+def _eligibility(events: DataStream, feature_set: FeatureSet, name: str) -> DataStream:
+    from flink_jobs.functions import EligibilityDeltas
+
+    return (
+        events.map(EligibilityDeltas(feature_set), output_type=keyed_bytes_type())
+        .name(f"eligibility {name}")
+        .uid(f"eligibility-{name}")
+    )
+
+
+def _embeddings(
+    events: DataStream, feature_set: FeatureSet, name: str, settings: PipelineSettings
+) -> DataStream:
+    from pyflink.common import Types
+
+    from flink_jobs.functions import EmbedItems, ItemShard
+
+    embed = EmbedItems(
+        feature_set,
+        settings.models_dir,
+        settings.embed_batch_size,
+        settings.embed_linger_ms,
+        settings.model_poll_ms,
+    )
+    return (
+        events.key_by(ItemShard(settings.embed_shards), key_type=Types.INT())
+        .process(embed, output_type=keyed_bytes_type())
+        .name(f"embed {name}")
+        .uid(f"embed-{name}")
+    )
+
+
+def _union(streams: Sequence[DataStream]) -> DataStream:
+    first, *rest = streams
+    return first.union(*rest) if rest else first
+
+
+# ------------------------------------------------------------------ Kafka around it
+
+
+def kafka_source(env: StreamExecutionEnvironment, settings: JobSettings, topic: str, name: str) -> DataStream:
+    """Raw record values of ``topic``: from the job's committed offsets, else the earliest; committed on checkpoints."""
+    from pyflink.common import Types, WatermarkStrategy
+    from pyflink.common.serialization import ByteArraySchema
+    from pyflink.datastream.connectors.kafka import (
+        KafkaOffsetResetStrategy,
+        KafkaOffsetsInitializer,
+        KafkaSource,
+    )
+
+    source = (
+        KafkaSource.builder()
+        .set_bootstrap_servers(settings.bootstrap)
+        .set_topics(topic)
+        .set_group_id(settings.group_id or settings.job_name)
+        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+        .set_value_only_deserializer(ByteArraySchema())
+        .set_property("commit.offsets.on.checkpoint", "true")
+        .build()
+    )
+    stream = env.from_source(
+        source, WatermarkStrategy.no_watermarks(), f"kafka {topic}", Types.PRIMITIVE_ARRAY(Types.BYTE())
+    )
+    return stream.uid(f"source-{name}")
+
+
+def register_sinks(t_env: StreamTableEnvironment, outputs: Outputs, settings: JobSettings) -> StatementSet:
+    """One exactly-once Kafka sink per output topic (each with its own transactional id prefix), in one job."""
+    statements = t_env.create_statement_set()
+    targets = [("deltas", settings.delta_topic, outputs.deltas), ("dlq", settings.dlq_topic, outputs.dlq)]
+    targets += [(f"late{i}", settings.topic(t), s) for i, (t, s) in enumerate(sorted(outputs.late.items()))]
+    for suffix, topic, stream in targets:
+        sink = KeyedBytesSink(
+            topic,
+            settings.bootstrap,
+            f"{settings.transactional_id_prefix}-{suffix}",
+            transaction_timeout_ms=settings.transaction_timeout_ms,
+            checkpoint_interval_ms=settings.flink.checkpoint_interval_ms,
+        )
+        statements.add_insert(sink.register(t_env, f"{suffix}_sink"), keyed_bytes_table(t_env, stream))
+    return statements
+
+
+def submit(settings: JobSettings) -> JobClient:
+    """Build the job on Kafka and submit it (to the local MiniCluster, or the cluster of `flink run`)."""
+    from freshet.spec import load_feature_set
+
+    feature_set = load_feature_set(settings.defs)
+    flink = replace(settings.flink, extra={"pipeline.name": settings.job_name, **settings.flink.extra})
+    env, t_env = runtime.table_environment(flink)
+    used = [*windowed_sources(feature_set), feature_set.embedding.source]
+    if feature_set.eligibility is not None:
+        used.append(feature_set.eligibility.source)
+    sources = {name: kafka_source(env, settings, settings.topic(feature_set.source(name).topic), name)
+               for name in dict.fromkeys(used)}  # fmt: skip
+    outputs = build_pipeline(env, sources, feature_set, settings.pipeline)
+    client = register_sinks(t_env, outputs, settings).execute().get_job_client()
+    assert client is not None
+    return client
+
+
+# ------------------------------------------------------------------ command line
+
+
+def add_job_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of a delta-job run; all default to ``None`` so a restore can take the stored ones."""
+    add = parser.add_argument
+    add("--bootstrap", metavar="HOST:PORT", help="Kafka bootstrap servers")
+    add("--defs", type=Path, help="feature definitions: a YAML file or directory (default feature_defs)")
+    add("--models", type=Path, help="published models root (<root>/<model>/v00000001/)")
+    add("--delta-topic", help="topic of the deltas (default freshet.deltas)")
+    add("--dlq-topic", help="dead-letter topic (default freshet.dlq)")
+    add(
+        "--topic",
+        action="append",
+        metavar="DECLARED=ACTUAL",
+        help="read/write ACTUAL instead of a declared topic",
+    )
+    add("--group-id", help="Kafka consumer group of the sources (default: the job name)")
+    add(
+        "--job-name",
+        help=f"Flink job name, Kafka group id and transactional id stem (default {DEFAULT_JOB_NAME})",
+    )
+    add("--transactional-id-prefix", help="default: <job name>-<random>, kept across restores")
+    add("--transaction-timeout-ms", type=int, help="Kafka producer transaction timeout (default 600000)")
+    add("--checkpoint-interval-ms", type=int, help="default 1000")
+    add(
+        "--checkpoint-dir", type=Path, help=f"retained checkpoints (default {runtime.DEFAULT_CHECKPOINT_DIR})"
+    )
+    add("--parallelism", type=int, help="default 1")
+    add(
+        "--rest-port",
+        help=f"port range of the Flink web UI / REST API (default {runtime.DEFAULT_REST_PORTS})",
+    )
+    add("--embed-batch-size", type=int, help="items per item-tower call (default 64)")
+    add("--embed-linger-ms", type=int, help="longest wait to fill an embedding batch (default 200)")
+    add("--model-poll-ms", type=int, help="how often to look for a newer published model (default 5000)")
+    add("--log-dir", type=Path, help="Flink log directory")
+    add("--conf", action="append", metavar="KEY=VALUE", help="any Flink configuration option")
+
+
+def settings_from_args(args: argparse.Namespace, restore_path: str | None = None) -> JobSettings:
+    """``JobSettings`` from parsed options (``None`` means the default); raises ``SystemExit`` on a missing one."""
+    missing = [f"--{n}" for n in ("bootstrap", "models") if getattr(args, n, None) is None]
+    if missing:
+        raise SystemExit(f"freshet job: {' and '.join(missing)} required")
+    job_name = args.job_name or DEFAULT_JOB_NAME
+    pick = _picker(args)
+    parallelism = pick("parallelism", 1)
+    flink = runtime.FlinkSettings(
+        parallelism=parallelism,
+        checkpoint_interval_ms=pick("checkpoint_interval_ms", 1_000),
+        checkpoint_dir=pick("checkpoint_dir", runtime.DEFAULT_CHECKPOINT_DIR),
+        restore_path=restore_path,
+        rest_ports=pick("rest_port", runtime.DEFAULT_REST_PORTS),
+        log_dir=args.log_dir,
+        extra=_pairs(args.conf, "--conf"),
+    )
+    pipeline = PipelineSettings(
+        Path(args.models),
+        embed_batch_size=pick("embed_batch_size", 64),
+        embed_linger_ms=pick("embed_linger_ms", 200),
+        model_poll_ms=pick("model_poll_ms", 5_000),
+        embed_shards=parallelism,
+    )
+    return JobSettings(
+        args.bootstrap,
+        pipeline,
+        defs=pick("defs", Path("feature_defs")),
+        flink=flink,
+        job_name=job_name,
+        delta_topic=pick("delta_topic", "freshet.deltas"),
+        dlq_topic=pick("dlq_topic", "freshet.dlq"),
+        topic_map=_pairs(args.topic, "--topic"),
+        transactional_id_prefix=args.transactional_id_prefix or unique_transactional_id_prefix(job_name),
+        transaction_timeout_ms=pick("transaction_timeout_ms", 600_000),
+        group_id=pick("group_id", ""),
+    )
+
+
+def _picker(args: argparse.Namespace) -> Any:
+    def pick(name: str, default: Any) -> Any:
+        value = getattr(args, name, None)
+        return default if value is None else value
+
+    return pick
+
+
+def _pairs(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``["a=b", ...]`` → ``{"a": "b"}``.
+
+    >>> _pairs(["engagement=t1", "x=y=z"], "--topic")
+    {'engagement': 't1', 'x': 'y=z'}
+    """
+    pairs = {}
+    for item in items or ():
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise SystemExit(f"freshet job: {option} wants KEY=VALUE, got {item!r}")
+        pairs[key] = value
+    return pairs
+
+
+def settings_argv(settings: JobSettings) -> list[str]:
+    """Options that ``settings_from_args`` turns back into ``settings`` (less the restore path)."""
+    flink, pipeline = settings.flink, settings.pipeline
+    options: dict[str, object] = {
+        "bootstrap": settings.bootstrap, "defs": Path(settings.defs).resolve(),
+        "models": Path(pipeline.models_dir).resolve(),
+        "delta-topic": settings.delta_topic, "dlq-topic": settings.dlq_topic, "job-name": settings.job_name,
+        "transactional-id-prefix": settings.transactional_id_prefix,
+        "transaction-timeout-ms": settings.transaction_timeout_ms,
+        "checkpoint-interval-ms": flink.checkpoint_interval_ms, "checkpoint-dir": Path(flink.checkpoint_dir).resolve(),
+        "parallelism": flink.parallelism, "rest-port": flink.rest_ports,
+        "embed-batch-size": pipeline.embed_batch_size, "embed-linger-ms": pipeline.embed_linger_ms,
+        "model-poll-ms": pipeline.model_poll_ms,
+    }  # fmt: skip
+    argv = [item for name, value in options.items() for item in (f"--{name}", str(value))]
+    if settings.group_id:
+        argv += ["--group-id", settings.group_id]
+    if flink.log_dir is not None:
+        argv += ["--log-dir", str(Path(flink.log_dir).resolve())]
+    argv += [item for k, v in settings.topic_map.items() for item in ("--topic", f"{k}={v}")]
+    argv += [item for k, v in flink.extra.items() for item in ("--conf", f"{k}={v}")]
+    return argv
+
+
+def job_record(settings: JobSettings, job_id: str) -> dict[str, Any]:
+    """What a later ``restore`` needs to resume this job as the same job: its options and transactional ids."""
+    return {"job_id": job_id, "job_name": settings.job_name, "argv": settings_argv(settings),
+            "transactional_id_prefix": settings.transactional_id_prefix}  # fmt: skip
+
+
+def write_job_record(settings: JobSettings, record: Mapping[str, Any]) -> Path:
+    """Store ``record`` beside the job's checkpoints: ``<checkpoint dir>/<job id>/freshet-job.json``."""
+    path = Path(settings.flink.checkpoint_dir) / str(record["job_id"]) / JOB_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text(json.dumps(record, indent=2))
+    tmp.replace(path)
+    return path
+
+
+def find_job_record(checkpoint: Path) -> dict[str, Any] | None:
+    """The record of the job a checkpoint (``.../<job id>/chk-N``) or savepoint directory belongs to."""
+    for candidate in (checkpoint / JOB_FILE, checkpoint.parent / JOB_FILE):
+        if candidate.is_file():
+            record: dict[str, Any] = json.loads(candidate.read_text())
+            return record
+    return None
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the job in this process: ``--detach`` returns once submitted (for `flink run -d`)."""
+    from flink_jobs.driver import run_attached
+
+    parser = argparse.ArgumentParser(
+        prog="deltas_job", description=__doc__.splitlines()[0] if __doc__ else None
+    )
+    add_job_arguments(parser)
+    parser.add_argument("--restore-from", help="a retained checkpoint or savepoint to resume from")
+    parser.add_argument("--detach", action="store_true", help="submit and exit without waiting for the job")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = parser.parse_args(argv)
+    settings = settings_from_args(args, args.restore_from)
+    if args.detach:
+        client = submit(settings)
+        job_id = str(client.get_job_id())
+        _try_write_job_record(settings, job_record(settings, job_id))
+        print(
+            json.dumps({"job_id": job_id, "transactional_id_prefix": settings.transactional_id_prefix}),
+            flush=True,
+        )
+        return 0
+    return run_attached(settings)
+
+
+def _try_write_job_record(settings: JobSettings, record: Mapping[str, Any]) -> None:
+    try:
+        write_job_record(settings, record)
+    except OSError as exc:  # a cluster's checkpoint directory may not be writable from the client
+        print(f"note: could not record the job beside its checkpoints ({exc})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
