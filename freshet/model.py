@@ -178,11 +178,11 @@ class IndexModel(torch.nn.Module):
         q = self._checked_query(query, k)
         with torch.no_grad(), self._rw.read():
             n = self._high_water
-            scores = self._scores(q, n)
-            rows = select_rows(scores, self.eligibility[:n], self.item_ids[:n], rules, k)
-            ids, feats = self.item_ids.numpy()[rows], self.features.numpy()[rows]
+            scores = self._scores(q, n).numpy()
+            item_ids = self.item_ids.numpy()
+            rows = select_rows(scores, self.eligibility.numpy()[:n], item_ids[:n], rules, k)
             names = tuple(c.name for c in self.layout.feature_columns)
-            return RetrievalResult(ids, scores.numpy()[rows], feats, names)
+            return RetrievalResult(item_ids[rows], scores[rows], self.features.numpy()[rows], names)
 
     def _scores(self, q: torch.Tensor, n: int) -> torch.Tensor:
         if self.item_embedding.dtype == torch.float32:
@@ -251,20 +251,24 @@ class IndexModel(torch.nn.Module):
         with self._writer:
             return self._view_state().copy()
 
-    def restore(self, state: ModelState) -> None:
-        """Replace the whole model by ``state`` (checked first; on error the model is unchanged)."""
+    def restore(self, state: ModelState, *, copy: bool = True) -> None:
+        """Replace the whole model by ``state`` (checked first; on error the model is unchanged).
+
+        ``copy=False`` adopts the state's arrays as the model's buffers (they must be writable and not used
+        elsewhere): the snapshot loader hands over copy-on-write mappings of the snapshot files.
+        """
         check_state(state, self.layout)
-        buffers, rows, tombs = install_state(state, self.layout)
+        buffers, rows, tombs = install_state(state, self.layout, copy=copy)
         with self._writer, self._rw.write():
             self._swap(buffers)
             self._rows, self._tombs, self._high_water = rows, tombs, state.rows
             self.model_version = state.model_version
 
     @classmethod
-    def from_state(cls, layout: TensorLayout, state: ModelState) -> IndexModel:
+    def from_state(cls, layout: TensorLayout, state: ModelState, *, copy: bool = True) -> IndexModel:
         """A new model holding ``state``; raises ``ModelStateError`` if it does not fit ``layout``."""
         model = cls(layout, capacity=1, model_version=state.model_version)
-        model.restore(state)
+        model.restore(state, copy=copy)
         return model
 
     def _view_state(self) -> ModelState:

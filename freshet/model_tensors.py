@@ -236,22 +236,28 @@ def _check_consistent(state: ModelState) -> None:
         raise ModelStateError("an item id has two tombstones")
 
 
-def install_state(state: ModelState, layout: TensorLayout) -> tuple[Buffers, IntMap, IntMap]:
-    """New buffers (capacity = rows) holding copies of ``state``, its row map and its tombstone map.
+def install_state(
+    state: ModelState, layout: TensorLayout, *, copy: bool = True
+) -> tuple[Buffers, IntMap, IntMap]:
+    """Buffers (capacity = rows) holding ``state`` (copies, or the arrays themselves), the row map, the tombstones.
 
-    Filling fresh pages is most of a snapshot load, so the copies run on two threads (numpy releases the GIL).
+    Filling fresh pages is most of a copy, so the copies run on two threads (numpy releases the GIL).
     """
     names = ("item_embedding", "features", "eligibility", "versions", "valid", "occupied", "item_ids")
     with ThreadPoolExecutor(max_workers=2) as pool:
-        copies = dict(
-            zip(names, pool.map(lambda n: np.array(getattr(state, n), copy=True), names), strict=True)
-        )
+        arrays = dict(zip(names, pool.map(lambda n: _own(getattr(state, n), copy), names), strict=True))
         occupied = np.flatnonzero(state.occupied)
         rows = IntMap(state.item_ids[occupied], occupied.astype(np.int64))
-    tensors = {name: torch.from_numpy(array) for name, array in copies.items()}
+    tensors = {name: torch.from_numpy(array) for name, array in arrays.items()}
     if layout.embedding_dtype == "bfloat16":
-        tensors["item_embedding"] = torch.from_numpy(copies["item_embedding"].view(np.int16)).view(
+        tensors["item_embedding"] = torch.from_numpy(arrays["item_embedding"].view(np.int16)).view(
             torch.bfloat16
         )
-    bias = torch.from_numpy(feature_scores(layout, copies["features"], copies["valid"]))
+    bias = torch.from_numpy(feature_scores(layout, arrays["features"], arrays["valid"]))
     return Buffers(**tensors, score_bias=bias), rows, IntMap(state.tomb_ids, state.tomb_versions)
+
+
+def _own(array: npt.NDArray[Any], copy: bool) -> npt.NDArray[Any]:
+    if copy or not array.flags.writeable or not array.flags.c_contiguous:
+        return np.array(array, copy=True, order="C")
+    return array

@@ -222,7 +222,7 @@ def load_snapshot(
                             f"{layout.layout_hash}; load a snapshot written with the same feature_defs")  # fmt: skip
     _verify_files(path, manifest)
     try:
-        model = IndexModel.from_state(layout, _read_state(path, manifest, layout))
+        model = IndexModel.from_state(layout, _read_state(path, manifest, layout), copy=False)
     except ModelStateError as exc:
         raise SnapshotError(f"{path}: {exc}") from exc
     if verify_digest and model.digest() != manifest.digest:
@@ -282,23 +282,23 @@ def _read_state(path: Path, manifest: Manifest, layout: TensorLayout) -> ModelSt
 
 
 def _read_array(file: Path, shape: tuple[int, ...], dtype: np.dtype[Any]) -> npt.NDArray[Any]:
-    """The file's flat column, memory-mapped where Arrow allows (bools are bit-packed, so they are copied)."""
+    """The file's flat column as a private copy-on-write mapping of the file (a page is copied only when apply
+    first writes it, so a load reads no more than the checksums did); bools, bit-packed by Arrow, are copied."""
     try:
-        table = pa.ipc.open_file(pa.memory_map(str(file))).read_all()
-        column = table.column("values")
-        flat = (
-            column.chunk(0)
-            if column.num_chunks == 1
-            else pa.concat_arrays(column.chunks or [pa.array([], column.type)])
-        )
-        values: npt.NDArray[Any] = flat.to_numpy(zero_copy_only=False)
-    except (pa.ArrowException, KeyError, OSError) as exc:
+        source = pa.memory_map(str(file))
+        base = source.read_buffer(source.size()).address
+        source.seek(0)
+        column = pa.ipc.open_file(source).read_all().column("values")
+        flat = column.chunk(0) if column.num_chunks == 1 else pa.concat_arrays(column.chunks)
+    except (pa.ArrowException, KeyError, OSError, ValueError) as exc:
         raise SnapshotError(f"{file}: not a readable Arrow IPC file: {exc}") from exc
-    if values.dtype != dtype or values.size != int(np.prod(shape)):
-        raise SnapshotError(
-            f"{file}: holds {values.dtype}[{values.size}], the layout wants {dtype}{list(shape)}"
-        )
-    return values.reshape(shape)
+    values_dtype = np.dtype(flat.type.to_pandas_dtype())
+    if values_dtype != dtype or len(flat) != int(np.prod(shape)) or flat.null_count:
+        raise SnapshotError(f"{file}: holds {flat.type}[{len(flat)}], the layout wants {dtype}{list(shape)}")
+    if dtype == np.bool_ or len(flat) == 0:
+        return np.array(flat.to_numpy(zero_copy_only=False), dtype=dtype).reshape(shape)
+    offset = flat.buffers()[1].address - base + flat.offset * dtype.itemsize
+    return np.memmap(file, dtype=dtype, mode="c", offset=offset, shape=shape)
 
 
 # ---------------------------------------------------------------- choosing one
