@@ -214,3 +214,15 @@ def test_a_state_exported_at_the_cut_can_be_written_later(tmp_path: Path) -> Non
     model.apply(batch_of([embedding(10_000, 1, [1, 1, 1, 1], model_version=4)], LAYOUT))
     loaded, manifest = load_snapshot(write_snapshot(state, tmp_path, offsets), LAYOUT, verify_digest=True)
     assert loaded.item(10_000) is None and manifest.offsets == offsets and model.item(10_000) is not None
+
+
+def test_applying_to_a_loaded_model_never_writes_the_snapshot(tmp_path: Path) -> None:
+    """Loaded buffers are copy-on-write mappings of the snapshot files: apply changes the model only."""
+    model = live_model()
+    path = write_snapshot(model, tmp_path, {})
+    loaded, _ = load_snapshot(path, LAYOUT)
+    for item_id in range(40):
+        loaded.apply(batch_of([embedding(item_id, 10_000, [9, 9, 9, 9], model_version=4)], LAYOUT))
+    assert loaded.digest() != model.digest()
+    again, manifest = load_snapshot(path, LAYOUT, verify_digest=True)
+    assert again.digest() == model.digest() == manifest.digest
