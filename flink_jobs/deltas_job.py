@@ -217,8 +217,6 @@ def kafka_source(env: StreamExecutionEnvironment, settings: JobSettings, topic: 
     from pyflink.common import Types, WatermarkStrategy
     from pyflink.common.serialization import ByteArraySchema
     from pyflink.datastream.connectors.kafka import (
-        KafkaOffsetResetStrategy,
-        KafkaOffsetsInitializer,
         KafkaSource,
     )
 
@@ -227,7 +225,7 @@ def kafka_source(env: StreamExecutionEnvironment, settings: JobSettings, topic: 
         .set_bootstrap_servers(settings.bootstrap)
         .set_topics(topic)
         .set_group_id(settings.group_id or settings.job_name)
-        .set_starting_offsets(KafkaOffsetsInitializer.committed_offsets(KafkaOffsetResetStrategy.EARLIEST))
+        .set_starting_offsets(_committed_else_earliest())
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("commit.offsets.on.checkpoint", "true")
         .build()
@@ -236,6 +234,18 @@ def kafka_source(env: StreamExecutionEnvironment, settings: JobSettings, topic: 
         source, WatermarkStrategy.no_watermarks(), f"kafka {topic}", Types.PRIMITIVE_ARRAY(Types.BYTE())
     )
     return stream.uid(f"source-{name}")
+
+
+def _committed_else_earliest() -> Any:
+    """``OffsetsInitializer.committedOffsets(EARLIEST)``, built in the JVM: PyFlink's own wrapper names the
+    shaded ``OffsetResetStrategy`` of the fat connector jar, which the plain connector jar here does not have."""
+    from pyflink.datastream.connectors.kafka import KafkaOffsetsInitializer
+    from pyflink.java_gateway import get_gateway
+
+    jvm = get_gateway().jvm
+    earliest = jvm.org.apache.kafka.clients.consumer.OffsetResetStrategy.EARLIEST
+    initializer = jvm.org.apache.flink.connector.kafka.source.enumerator.initializer.OffsetsInitializer
+    return KafkaOffsetsInitializer(initializer.committedOffsets(earliest))
 
 
 def register_sinks(t_env: StreamTableEnvironment, outputs: Outputs, settings: JobSettings) -> StatementSet:

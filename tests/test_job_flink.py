@@ -1,0 +1,354 @@
+"""The delta job for real: PyFlink on the local MiniCluster, the embedded broker, the committed deltas applied
+to an ``IndexModel`` and held to an oracle computed from the same raw events.
+
+How the outcome is made deterministic without luck: the engagement topic has one partition, and every
+engagement event is at most 4 s behind the greatest event time before it (the declared out-of-orderness is
+5 s). Whenever Flink's periodic watermark falls, no event arrives behind it, so each window fires exactly
+once, on time, with all its events, whatever the timing; a last event days later pushes the watermark past
+every window. The oracle (``freshet.replay`` per feature) therefore sees the bounded-out-of-orderness
+watermark after each event. Late data and its policies are covered by the pure tests (``test_job_logic``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib.util
+import json
+import os
+import queue
+import random
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import kafka_helpers
+import numpy as np
+import pytest
+from job_streams import (
+    T0_MS,
+    attribute_docs,
+    encode_docs,
+    engagement_docs,
+    feature_rows,
+    item_docs,
+    oracle_feature_rows,
+    social_feed,
+)
+from test_job_logic import two_tower
+
+from flink_jobs import connector
+from freshet.broker import EmbeddedBroker
+from freshet.deltas import DeltaKind, batch_of, decode_batch, decode_delta
+from freshet.eligibility import EligibilityEncoder
+from freshet.events import Event
+from freshet.job_logic import EventParser
+from freshet.model import IndexModel
+from freshet.publish import publish_model
+from freshet.versions import eligibility_version, embedding_version
+from freshet.watermarks import watermarks_after_each
+
+pytestmark = [pytest.mark.flink, pytest.mark.kafka]
+
+FS = social_feed()
+LAYOUT = FS.layout()
+ITEMS = [11, 12, 13, 14, 15]
+SENTINEL_ITEM = 999_999
+FS_DEFS = Path(__file__).resolve().parent.parent / "feature_defs"
+BAD = {  # one bad record per source, and the reason code each must get
+    "engagement": (b'{"item_id": 11, "ts": 1700000000000, "action": "like"', "malformed_json"),
+    "items_published": (b'{"item_id": 12, "created_at": 1700000000000, "author_id": "seven", "title": "t", '
+                        b'"text": "t", "topic": "t"}', "wrong_type"),
+    "item_attributes": (b'{"item_id": 13, "ts": 7258118400000000, "policy_status": "approved"}', "absurd_timestamp"),
+}  # fmt: skip
+
+
+def _require_flink() -> None:
+    """Fail (never skip) with the command that installs whatever is missing."""
+    if importlib.util.find_spec("pyflink") is None:
+        pytest.fail("PyFlink is not installed: run `./dev setup`", pytrace=False)
+    if shutil.which("java") is None:
+        pytest.fail("no `java` on PATH: install a Java 17 JDK", pytrace=False)
+    try:
+        connector.jar_paths()
+    except connector.ConnectorJarError as exc:
+        pytest.fail(str(exc), pytrace=False)
+
+
+class Driver:
+    """``freshet job run`` in its own process group; its JSON lines on stdout; SIGTERM cancels the job."""
+
+    def __init__(self, argv: list[str], work_dir: Path) -> None:
+        self.work_dir = work_dir
+        with (work_dir / "driver.err").open("w") as err:
+            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                         text=True, start_new_session=True)  # fmt: skip
+        self._lines: queue.Queue[str] = queue.Queue()
+        threading.Thread(target=self._pump, daemon=True).start()
+        started = self.next_message(timeout_s=120)
+        self.job_id: str = started["job_id"]
+        self.rest_url: str = started["rest_url"] or self.fail("the job's REST API was not found")
+
+    def _pump(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self._lines.put(line)
+
+    def fail(self, message: str) -> Any:
+        log = (self.work_dir / "driver.err").read_text(errors="replace")[-4000:]
+        pytest.fail(
+            f"{message}\n--- driver stderr (tail) ---\n{log}\nFlink logs: {self.work_dir / 'flink-log'}"
+        )
+
+    def next_message(self, timeout_s: float) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with contextlib.suppress(queue.Empty):
+                line = self._lines.get(timeout=0.5)
+                if line.startswith("{"):
+                    return dict(json.loads(line))
+            if self.proc.poll() is not None and self._lines.empty():
+                self.fail(f"the job driver exited with status {self.proc.returncode}")
+        return dict(self.fail(f"no message from the job driver within {timeout_s} s"))
+
+    def rest(self, path: str) -> dict[str, Any]:
+        with urllib.request.urlopen(f"{self.rest_url}/jobs/{self.job_id}{path}", timeout=10) as response:
+            return dict(json.load(response))
+
+    def cancel(self) -> dict[str, Any]:
+        self.proc.send_signal(signal.SIGTERM)
+        message = self.next_message(timeout_s=60)
+        self.proc.wait(timeout=60)
+        return message
+
+
+def _live_processes_in_group(pgid: int) -> list[int]:
+    pids = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with contextlib.suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                pids.append(int(stat.parent.name))
+    return pids
+
+
+@contextlib.contextmanager
+def running(argv: list[str], work_dir: Path) -> Any:
+    driver = None
+    try:
+        driver = Driver(argv, work_dir)
+        yield driver
+    finally:
+        pid = driver.proc.pid if driver else None
+        if pid is not None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+            deadline = time.monotonic() + 30
+            while (left := _live_processes_in_group(pid)) and time.monotonic() < deadline:
+                time.sleep(0.2)
+            if left:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(pid, signal.SIGKILL)
+            assert not left, f"processes of the Flink job outlived it and were killed: {left}"
+
+
+def _produce_to_partition(servers: str, topic: str, values: list[bytes]) -> None:
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
+    try:
+        for value in values:
+            producer.send(topic, value=value, partition=0)
+        producer.flush()
+    finally:
+        producer.close()
+
+
+def parse_all(source: str, raws: list[bytes]) -> list[Event]:
+    parse = EventParser.of(FS, source)
+    return [e for e in map(parse, raws) if isinstance(e, Event)]
+
+
+def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
+    broker: EmbeddedBroker, make_topic: Any, tmp_path: Path
+) -> None:
+    _require_flink()
+    servers = broker.bootstrap_servers
+    topics = {
+        "engagement": make_topic(1, "engagement"),
+        "items.published": make_topic(2, "items"),
+        "item.attributes": make_topic(2, "attributes"),
+        "engagement.late": make_topic(1, "late"),
+    }
+    delta_topic, dlq_topic = make_topic(3, "deltas"), make_topic(1, "dlq")
+    models = tmp_path / "models"
+    publish_model(models, "two_tower", two_tower(0), layout_hash=LAYOUT.layout_hash)
+
+    rng = random.Random(4)
+    engagement = encode_docs(engagement_docs(rng, ITEMS, 600, step_ms=30_000, disorder_ms=4_000))
+    sentinel = {
+        "item_id": SENTINEL_ITEM,
+        "ts": T0_MS + 5 * 86_400_000,
+        "user_id": 1,
+        "action": "view",
+        "dwell_ms": 1,
+    }
+    engagement += [BAD["engagement"][0], *encode_docs([sentinel])]
+    items = [*encode_docs(item_docs(ITEMS)), BAD["items_published"][0]]
+    attributes = [*encode_docs(attribute_docs(rng, ITEMS)), BAD["item_attributes"][0]]
+    _produce_to_partition(servers, topics["engagement"], engagement)
+    kafka_helpers.produce(servers, topics["items.published"], [(None, v) for v in items])
+    kafka_helpers.produce(servers, topics["item.attributes"], [(None, v) for v in attributes])
+
+    argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", servers, "--defs", str(FS_DEFS),
+            "--models", str(models), "--delta-topic", delta_topic, "--dlq-topic", dlq_topic,
+            "--checkpoint-dir", str(tmp_path / "checkpoints"), "--log-dir", str(tmp_path / "flink-log"),
+            "--job-name", f"test-deltas-{delta_topic}", "--model-poll-ms", "500", "--embed-linger-ms", "100"]  # fmt: skip
+    for declared, actual in topics.items():
+        argv += ["--topic", f"{declared}={actual}"]
+
+    started = time.monotonic()
+    with running(argv, tmp_path) as job:
+        expected = _expected(engagement, items, attributes)
+        records = _read_until(servers, delta_topic, expected, timeout_s=90, job=job)
+        elapsed = time.monotonic() - started
+        _check_deltas(records, expected, items, attributes)
+        _check_applied(records, expected)
+
+        dlq = kafka_helpers.read_topic(servers, dlq_topic, min_records=3, timeout_s=30)
+        got = sorted((json.loads(r.value)["source"], json.loads(r.value)["reason"].split(":")[0],
+                      json.loads(r.value)["raw"].encode("latin-1")) for r in dlq)  # fmt: skip
+        assert sorted(set(got)) == sorted((s, reason, raw) for s, (raw, reason) in BAD.items())
+        assert kafka_helpers.read_topic(servers, topics["engagement.late"], timeout_s=2) == []
+
+        assert job.rest("")["state"] == "RUNNING", "bad input never stops the job"
+        assert job.rest("/exceptions").get("exceptionHistory", {}).get("entries", []) == []
+        _check_rejection_metrics(job)
+        final = job.cancel()
+        assert final == {"job_id": job.job_id, "status": "CANCELED"}
+    record = json.loads((tmp_path / "checkpoints" / job.job_id / "freshet-job.json").read_text())
+    assert "--transactional-id-prefix" in record["argv"], "a restore resumes the same transactions"
+    print(f"deltas committed {elapsed:.1f} s after the driver started")
+
+
+def _expected(engagement: list[bytes], items: list[bytes], attributes: list[bytes]) -> dict[str, Any]:
+    events = parse_all("engagement", engagement)
+    watermarks = watermarks_after_each(
+        [e.ts_ms for e in events], FS.source("engagement").watermark.max_out_of_orderness_ms
+    )
+    rows, late, dropped = oracle_feature_rows(FS, events, watermarks, None)
+    assert late == {} and dropped == {}, "the stream is built so that no event is late"
+    assert len({r[0] for r in rows}) == len(ITEMS) and len(rows) > 500, "every item fires many windows"
+    encoder = EligibilityEncoder.of(FS)
+    eligibility = {(e.item_id, eligibility_version(e.ts_ms), tuple(encoder.words(e.fields).tolist()))
+                   for e in parse_all("item_attributes", attributes)}  # fmt: skip
+    published = parse_all("items_published", items)
+    vectors = two_tower(0).item_tower.embed([e.fields for e in published]).numpy()
+    embeddings = {e.item_id: (embedding_version(e.ts_ms), v) for e, v in zip(published, vectors, strict=True)}
+    return {"features": rows, "eligibility": eligibility, "embeddings": embeddings}
+
+
+def _read_until(
+    servers: str, topic: str, expected: dict[str, Any], timeout_s: float, job: Driver
+) -> list[Any]:
+    """Committed delta records, read until every expected delta is there (or ``timeout_s``)."""
+    consumer = kafka_helpers.assigned_consumer(servers, topic, "read_committed")
+    records: list[Any] = []
+    deadline = time.monotonic() + timeout_s
+    want = len(expected["features"]) + len(expected["eligibility"]) + len(expected["embeddings"])
+    try:
+        while time.monotonic() < deadline:
+            records += kafka_helpers.drain(consumer, timeout_s=1)
+            if len(_distinct(records)) >= want:
+                records += kafka_helpers.drain(consumer, timeout_s=2)  # anything extra shows up too
+                return records
+    finally:
+        consumer.close()
+    job.fail(f"{len(_distinct(records))} of {want} expected deltas committed within {timeout_s} s")
+    return records
+
+
+def _distinct(records: list[Any]) -> set[tuple[int, int, int]]:
+    deltas = [decode_delta(r.value, LAYOUT) for r in records]
+    return {(d.item_id, d.region, d.version) for d in deltas}
+
+
+def _check_deltas(
+    records: list[Any], expected: dict[str, Any], items: list[bytes], attributes: list[bytes]
+) -> None:
+    assert all(r.key == str(decode_delta(r.value, LAYOUT).item_id).encode() for r in records), (
+        "keyed by item id"
+    )
+    assert feature_rows([r.value for r in records], LAYOUT) == expected["features"]
+    batch = decode_batch([r.value for r in records], LAYOUT)
+    part = batch.kind_slice(DeltaKind.ELIGIBILITY)
+    eligibility = {(int(i), int(v), tuple(w.tolist()))
+                   for i, v, w in zip(batch.item_id[part], batch.version[part], batch.eligibility_words, strict=True)}  # fmt: skip
+    assert eligibility == expected["eligibility"]
+    part = batch.kind_slice(DeltaKind.EMBEDDING)
+    got = {int(i): (int(v), int(m), e) for i, v, m, e in
+           zip(batch.item_id[part], batch.version[part], batch.model_version[part], batch.embeddings, strict=True)}  # fmt: skip
+    assert got.keys() == expected["embeddings"].keys()
+    for item, (version, vector) in expected["embeddings"].items():
+        assert got[item][:2] == (version, 1), "versioned by publish time, stamped with model version 1"
+        np.testing.assert_allclose(got[item][2], vector, rtol=0, atol=1e-6)
+
+
+def _check_applied(records: list[Any], expected: dict[str, Any]) -> None:
+    """The committed stream and the oracle's deltas, applied to fresh models, give the same rows."""
+    live = IndexModel(LAYOUT, model_version=1)
+    live.apply(decode_batch([r.value for r in records], LAYOUT))
+    oracle = IndexModel(LAYOUT, model_version=1)
+    oracle.apply(batch_of(_oracle_deltas(expected), LAYOUT))
+    for item in ITEMS:
+        a, b = live.item(item), oracle.item(item)
+        assert a is not None and b is not None
+        assert (a["features"], a["versions"]) == (b["features"], b["versions"]), item
+        assert np.array_equal(a["eligibility"], b["eligibility"]), item
+        np.testing.assert_allclose(a["embedding"], b["embedding"], rtol=0, atol=1e-6)
+
+
+def _oracle_deltas(expected: dict[str, Any]) -> list[Any]:
+    from freshet.deltas import Delta
+    from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING
+    from freshet.versions import version_time_ms
+
+    deltas = [
+        Delta(DeltaKind.FEATURE, i, r, v, t, np.array([x], np.float32))
+        for i, r, v, t, x in expected["features"]
+    ]
+    deltas += [Delta(DeltaKind.ELIGIBILITY, i, REGION_ELIGIBILITY, v, version_time_ms(v), np.array(w, np.int64))
+               for i, v, w in expected["eligibility"]]  # fmt: skip
+    deltas += [Delta(DeltaKind.EMBEDDING, i, REGION_EMBEDDING, v, version_time_ms(v), e, 1)
+               for i, (v, e) in expected["embeddings"].items()]  # fmt: skip
+    return deltas
+
+
+def _check_rejection_metrics(job: Driver, timeout_s: float = 30) -> None:
+    """Each parse operator counted its rejection under ``rejected_<reason>`` (Flink metrics over REST)."""
+    expected = {reason: 1 for _, reason in BAD.values()}
+    deadline = time.monotonic() + timeout_s
+    while (counted := _rejection_counters(job)) != expected and time.monotonic() < deadline:
+        time.sleep(1)  # the REST API refreshes metrics every few seconds
+    assert counted == expected
+
+
+def _rejection_counters(job: Driver) -> dict[str, int]:
+    counted: dict[str, int] = {}
+    for vertex in job.rest("")["vertices"]:
+        url = f"{job.rest_url}/jobs/{job.job_id}/vertices/{vertex['id']}/metrics"
+        wanted = [m["id"] for m in _get(url) if ".rejected_" in m["id"]]
+        for metric in _get(f"{url}?get={','.join(wanted)}") if wanted else []:
+            reason = metric["id"].rsplit(".rejected_", 1)[1]
+            counted[reason] = counted.get(reason, 0) + int(float(metric["value"]))
+    return {reason: n for reason, n in counted.items() if n}
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
