@@ -207,7 +207,8 @@ def _count(counts: dict[str, int], name: str) -> None:
 
 def feature_delta(layout: TensorLayout, region: int, item_id: int, fire: Fire) -> bytes:
     """The encoded FEATURE delta of one firing: absolute value, versioned by window end and firing."""
-    values = np.array([fire.value], dtype=np.float32)
+    with np.errstate(over="ignore"):  # beyond float32: infinite, refused by encode_delta below
+        values = np.array([fire.value], dtype=np.float32)
     delta = Delta(DeltaKind.FEATURE, item_id, region, version_for(fire), fire.event_time_ms, values)
     return encode_delta(delta, layout)
 

@@ -1,6 +1,6 @@
 """Generated raw streams for the delta job's tests, and the oracle the job's output is held to.
 
-The oracle of the windowed features is ``freshet.replay.evaluate``, feature by feature over the events its
+The oracle of the windowed features is ``freshet.replay.StreamReplay``, feature by feature over the events its
 filter takes, with the watermark each event arrived under; it shares no code with ``freshet.job_logic``
 (which groups features per item, routes events through filters and encodes deltas). Eligibility and
 embedding oracles are the encoder and the item tower called directly.
@@ -20,7 +20,7 @@ from freshet.deltas import DeltaKind, decode_batch
 from freshet.events import Event
 from freshet.job_logic import EngagementLogic, States
 from freshet.layout import TensorLayout
-from freshet.replay import evaluate
+from freshet.replay import StreamReplay
 from freshet.spec import FeatureSet, load_feature_set
 from freshet.windows import Dropped, Fire, Late, WindowedAggregate, version_for
 
@@ -105,26 +105,23 @@ def oracle_feature_rows(
 ) -> tuple[set[FeatureRow], dict[str, int], dict[str, int]]:
     """FEATURE deltas, too-late events sent to the side output and dropped, by feature, from ``replay``.
 
-    ``watermarks[i]`` is the watermark after event ``i`` of the whole source; each feature sees its own
-    events with, after each, the watermark current when its next event arrives.
+    ``watermarks[i]`` is the watermark after event ``i`` of the whole source: each feature's replay sees
+    every watermark and the events its filter takes.
     """
     layout = feature_set.layout()
     rows: set[FeatureRow] = set()
     late: dict[str, int] = {}
     dropped: dict[str, int] = {}
     for feature in feature_set.features:
-        taken: list[tuple[int, int, Any]] = []
-        after: list[int] = []
+        replay: StreamReplay[int] = StreamReplay(WindowedAggregate.from_feature(feature))
+        outputs = []
         for event, watermark in zip(events, watermarks, strict=True):
             if feature.filter is None or feature.filter.matches(event.fields):
-                taken.append(
-                    (event.ts_ms, event.item_id, 1 if feature.field is None else event.fields[feature.field])
-                )
-                after.append(watermark)
-            elif after:
-                after[-1] = watermark
-        outputs = evaluate(taken, WindowedAggregate.from_feature(feature), watermarks=after,
-                           end_watermark_ms=end_watermark_ms)  # fmt: skip
+                value = 1 if feature.field is None else event.fields[feature.field]
+                outputs += replay.on_event(event.ts_ms, event.item_id, value)
+            outputs += replay.advance(watermark)
+        if end_watermark_ms is not None:
+            outputs += replay.advance(end_watermark_ms)
         region = layout.feature_region(feature.name)
         for item, out in outputs:
             if isinstance(out, Fire):

@@ -87,7 +87,7 @@ def test_a_good_event_of_each_source_parses() -> None:
 @pytest.mark.parametrize("seed", range(6))
 def test_features_equal_the_replay_oracle_with_out_of_order_and_late_events(seed: int) -> None:
     rng = random.Random(seed)
-    docs = engagement_docs(rng, ITEMS, 400, disorder_ms=8_000, late_every=7, late_by_ms=(20_000, 700_000))
+    docs = engagement_docs(rng, ITEMS, 400, disorder_ms=8_000, late_every=5, late_by_ms=(20_000, 7_200_000))
     events = parsed(docs)
     watermarks = watermarks_after_each(
         [e.ts_ms for e in events], FS.source("engagement").watermark.max_out_of_orderness_ms
@@ -140,13 +140,15 @@ def test_a_too_late_event_goes_to_its_feature_policy() -> None:
     )
     watermark = T0_MS + 86_400_000 * 2
     step = logic.on_event({}, view, watermark)
-    assert step.deltas == [] and step.dropped == {} and step.states == {}
+    assert step.deltas == [] and step.states == {}
+    assert step.dropped == {"dwell_mean_1h": 1, "dwell_max_1h": 1}, (
+        "a view also feeds the dwell features (drop)"
+    )
     ((topic, record),) = step.lates
     late = json.loads(record)
     assert (topic, late["feature"], late["item_id"], late["watermark_ms"]) == ("engagement.late", "views_10m", 5,
                                                                                 watermark)  # fmt: skip
     assert late["reason"].startswith("late: window") and late["event"]["action"] == "view"
-    # a view is also taken by the dwell features (policy drop); a like by the update features
     assert logic.on_event({}, like, watermark).dropped == {
         "likes_1h": 1, "interactions_1h": 1, "unique_likers_1d": 1}  # fmt: skip
 
@@ -157,7 +159,15 @@ def test_a_value_that_is_no_float32_is_counted_not_emitted() -> None:
     states = logic.on_event({}, huge, NO_WATERMARK).states
     step = logic.on_watermark(states, END_OF_STREAM, item_id=5)
     assert step.unencodable == {"dwell_mean_1h": 1, "dwell_max_1h": 1}
-    assert {decode_delta(d, LAYOUT).region for d in step.deltas} == {LAYOUT.feature_region("views_10m")}
+    emitted = {
+        (d.region, d.version & 0xFFFFF, float(d.values[0]))
+        for d in map(decode_delta, step.deltas, [LAYOUT] * 9)
+    }
+    views, mean, top = (LAYOUT.feature_region(n) for n in ("views_10m", "dwell_mean_1h", "dwell_max_1h"))
+    assert {(r, x) for r, _, x in emitted if r in (mean, top)} == {(mean, 0.0), (top, 0.0)}, (
+        "only the next, empty windows"
+    )
+    assert (views, 0, 1.0) in emitted
 
 
 def test_a_firing_is_an_absolute_versioned_feature_delta() -> None:
@@ -169,14 +179,16 @@ def test_a_firing_is_an_absolute_versioned_feature_delta() -> None:
     for e in events:
         states = logic.on_event(states, e, NO_WATERMARK).states
     assert logic.due_times_ms(states)[0] == T0_MS + 300_000 - 1, "the first 5-minute slide ends first"
-    deltas = [
-        decode_delta(d, LAYOUT) for d in logic.on_watermark(states, T0_MS + 300_000 - 1, item_id=8).deltas
-    ]
-    by_region = {d.region: d for d in deltas}
-    likes = by_region[LAYOUT.feature_region("likes_1h")]
+    step = logic.on_watermark(states, T0_MS + 300_000 - 1, item_id=8)
+    by_region = {d.region: d for d in (decode_delta(v, LAYOUT) for v in step.deltas)}
+    likes = by_region.pop(LAYOUT.feature_region("likes_1h"))
     assert (likes.kind, likes.item_id, likes.values.tolist()) == (DeltaKind.FEATURE, 8, [3.0])
     assert (likes.version, likes.event_time_ms) == (feature_version(T0_MS + 300_000, 0), T0_MS + 300_000 - 1)
-    assert by_region[LAYOUT.feature_region("unique_likers_1d")].values.tolist() == [3.0]
+    assert by_region.keys() == {LAYOUT.feature_region("interactions_1h")}, "the other windows end later"
+    step = logic.on_watermark(step.states, T0_MS + 3_600_000 - 1, item_id=8)
+    uniques = [d for d in map(decode_delta, step.deltas, [LAYOUT] * len(step.deltas))
+               if d.region == LAYOUT.feature_region("unique_likers_1d")]  # fmt: skip
+    assert [d.values.tolist() for d in uniques] == [[3.0]]
 
 
 def test_windowed_sources_and_an_unknown_source() -> None:
