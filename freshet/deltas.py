@@ -21,9 +21,10 @@ and a payload whose size the kind and the layout fix::
     40      8     model version (i64; the item tower that produced an embedding)
     48      ...   EMBEDDING: f32[embedding_dim] · FEATURE: f32[1] · ELIGIBILITY: i64[words] · TOMBSTONE: none
 
-Fixed-size records were chosen over Arrow IPC because a Kafka record holds one keyed delta: an Arrow IPC
-stream spends ~10x the payload on schema and framing per record (``bench.core`` reports both sizes), while
-fixed-size records of one kind decode as one numpy structured-array view over their concatenation.
+Fixed-size records were chosen over Arrow IPC because a Kafka record holds one keyed delta: a one-row Arrow
+IPC stream of the same fields takes 1392 bytes for a 64-dim embedding against 304 here (schema and framing
+in every record; ``bench.core`` measures both), while fixed-size records of one kind decode as one numpy
+structured-array view over their concatenation (1.9M embedding, 4.3M feature records/s on 2 cores).
 """
 
 from __future__ import annotations
