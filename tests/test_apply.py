@@ -316,7 +316,7 @@ def test_queries_never_see_a_half_applied_batch() -> None:
                 g = observed_generation(model, odd_only)
                 assert g is None or g >= last, f"generation went back from {last} to {g}"
                 last, seen = g or last, seen + 1
-            assert seen > 50, f"only {seen} queries ran"
+            assert seen > 20, f"only {seen} queries ran"
         except BaseException as exc:
             failures.append(exc)
 

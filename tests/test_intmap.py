@@ -14,7 +14,7 @@ ops = st.lists(
 )
 
 
-@settings(max_examples=200)
+@settings(max_examples=200, deadline=None)
 @given(ops, st.lists(keys, max_size=40))
 def test_behaves_like_a_dict(operations: list[tuple[str, list[int]]], probes: list[int]) -> None:
     table, model = IntMap(), {}
