@@ -95,8 +95,26 @@ def build_parser() -> argparse.ArgumentParser:
             m.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_model)
 
+    _add_offline_commands(sub)
     _add_adapter_commands(sub)
     return parser
+
+
+def _add_offline_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    """``backfill``, ``verify`` and ``feed`` (``freshet.offline.commands``: light to import)."""
+    from freshet.offline import commands
+
+    for name, text, add, run in (
+        ("backfill", "compute the stream's tensors from logged events up to a watermark; write a snapshot",
+         commands.add_backfill_arguments, commands.run_backfill),
+        ("verify", "compare two replicas/snapshots/backfills: equal, or the first differing items",
+         commands.add_verify_arguments, commands.run_verify),
+        ("feed", "write the synthetic feed as an event log (the layout backfill reads)",
+         commands.add_feed_arguments, commands.run_feed),
+    ):  # fmt: skip
+        p = sub.add_parser(name, help=text)
+        add(p)
+        p.set_defaults(func=run)
 
 
 def _add_adapter_commands(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
