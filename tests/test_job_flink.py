@@ -24,6 +24,7 @@ import sys
 import threading
 import time
 import urllib.request
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -174,22 +175,46 @@ def parse_all(source: str, raws: list[bytes]) -> list[Event]:
     return [e for e in map(parse, raws) if isinstance(e, Event)]
 
 
-def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
-    broker: EmbeddedBroker, make_topic: Any, tmp_path: Path
-) -> None:
-    _require_flink()
-    servers = broker.bootstrap_servers
-    topics = {
-        "engagement": make_topic(1, "engagement"),
-        "items.published": make_topic(2, "items"),
-        "item.attributes": make_topic(2, "attributes"),
-        "engagement.late": make_topic(1, "late"),
-    }
-    delta_topic, dlq_topic = make_topic(3, "deltas"), make_topic(1, "dlq")
-    models = tmp_path / "models"
-    publish_model(models, "two_tower", two_tower(0), layout_hash=LAYOUT.layout_hash)
+@dataclass(frozen=True)
+class Setup:
+    """Topics of one test, the model directory, and the `freshet job run` options that use them."""
 
-    rng = random.Random(4)
+    servers: str
+    raw: dict[str, str]  # declared topic -> this test's topic
+    deltas: str
+    dlq: str
+    models: Path
+
+    @classmethod
+    def make(cls, broker: EmbeddedBroker, make_topic: Any, tmp_path: Path) -> Setup:
+        raw = {
+            "engagement": make_topic(1, "engagement"),
+            "items.published": make_topic(2, "items"),
+            "item.attributes": make_topic(2, "attributes"),
+            "engagement.late": make_topic(1, "late"),
+        }
+        models = tmp_path / "models"
+        publish_model(models, "two_tower", two_tower(0), layout_hash=LAYOUT.layout_hash)
+        return cls(broker.bootstrap_servers, raw, make_topic(3, "deltas"), make_topic(1, "dlq"), models)
+
+    def run_argv(self, tmp_path: Path) -> list[str]:
+        argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", self.servers, "--defs", str(FS_DEFS),
+                "--models", str(self.models), "--delta-topic", self.deltas, "--dlq-topic", self.dlq,
+                "--checkpoint-dir", str(tmp_path / "checkpoints"), "--log-dir", str(tmp_path / "flink-log"),
+                "--job-name", f"test-{self.deltas}", "--model-poll-ms", "500", "--embed-linger-ms", "100"]  # fmt: skip
+        for declared, actual in self.raw.items():
+            argv += ["--topic", f"{declared}={actual}"]
+        return argv
+
+    def produce(self, engagement: list[bytes], items: list[bytes] = (), attributes: list[bytes] = ()) -> None:  # type: ignore[assignment]
+        _produce_to_partition(self.servers, self.raw["engagement"], engagement)
+        kafka_helpers.produce(self.servers, self.raw["items.published"], [(None, v) for v in items])
+        kafka_helpers.produce(self.servers, self.raw["item.attributes"], [(None, v) for v in attributes])
+
+
+def streams(seed: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
+    """Engagement (ending in a malformed record and the far-future event), items and attributes, raw."""
+    rng = random.Random(seed)
     engagement = encode_docs(engagement_docs(rng, ITEMS, 600, step_ms=30_000, disorder_ms=4_000))
     sentinel = {
         "item_id": SENTINEL_ITEM,
@@ -201,30 +226,30 @@ def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
     engagement += [BAD["engagement"][0], *encode_docs([sentinel])]
     items = [*encode_docs(item_docs(ITEMS)), BAD["items_published"][0]]
     attributes = [*encode_docs(attribute_docs(rng, ITEMS)), BAD["item_attributes"][0]]
-    _produce_to_partition(servers, topics["engagement"], engagement)
-    kafka_helpers.produce(servers, topics["items.published"], [(None, v) for v in items])
-    kafka_helpers.produce(servers, topics["item.attributes"], [(None, v) for v in attributes])
+    return engagement, items, attributes
 
-    argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", servers, "--defs", str(FS_DEFS),
-            "--models", str(models), "--delta-topic", delta_topic, "--dlq-topic", dlq_topic,
-            "--checkpoint-dir", str(tmp_path / "checkpoints"), "--log-dir", str(tmp_path / "flink-log"),
-            "--job-name", f"test-deltas-{delta_topic}", "--model-poll-ms", "500", "--embed-linger-ms", "100"]  # fmt: skip
-    for declared, actual in topics.items():
-        argv += ["--topic", f"{declared}={actual}"]
+
+def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
+    broker: EmbeddedBroker, make_topic: Any, tmp_path: Path
+) -> None:
+    _require_flink()
+    setup = Setup.make(broker, make_topic, tmp_path)
+    engagement, items, attributes = streams(seed=4)
+    setup.produce(engagement, items, attributes)
+    expected = _expected(engagement, items, attributes)
 
     started = time.monotonic()
-    with running(argv, tmp_path) as job:
-        expected = _expected(engagement, items, attributes)
-        records = _read_until(servers, delta_topic, expected, timeout_s=90, job=job)
+    with running(setup.run_argv(tmp_path), tmp_path) as job:
+        records = _read_until(setup.servers, setup.deltas, expected, timeout_s=90, job=job)
         elapsed = time.monotonic() - started
-        _check_deltas(records, expected, items, attributes)
+        _check_deltas(records, expected)
         _check_applied(records, expected)
 
-        dlq = kafka_helpers.read_topic(servers, dlq_topic, min_records=3, timeout_s=30)
+        dlq = kafka_helpers.read_topic(setup.servers, setup.dlq, min_records=3, timeout_s=30)
         got = sorted((json.loads(r.value)["source"], json.loads(r.value)["reason"].split(":")[0],
                       json.loads(r.value)["raw"].encode("latin-1")) for r in dlq)  # fmt: skip
         assert sorted(set(got)) == sorted((s, reason, raw) for s, (raw, reason) in BAD.items())
-        assert kafka_helpers.read_topic(servers, topics["engagement.late"], timeout_s=2) == []
+        assert kafka_helpers.read_topic(setup.servers, setup.raw["engagement.late"], timeout_s=2) == []
 
         assert job.rest("")["state"] == "RUNNING", "bad input never stops the job"
         assert job.rest("/exceptions").get("exceptionHistory", {}).get("entries", []) == []
@@ -233,7 +258,46 @@ def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
         assert final == {"job_id": job.job_id, "status": "CANCELED"}
     record = json.loads((tmp_path / "checkpoints" / job.job_id / "freshet-job.json").read_text())
     assert "--transactional-id-prefix" in record["argv"], "a restore resumes the same transactions"
-    print(f"deltas committed {elapsed:.1f} s after the driver started")
+    print(f"all deltas committed {elapsed:.1f} s after the driver started")
+
+
+def test_a_job_cancelled_mid_stream_and_restored_ends_as_if_never_stopped(
+    broker: EmbeddedBroker, make_topic: Any, tmp_path: Path
+) -> None:
+    """Windows open at the cut hold events from before and after it: they come out right only if their state
+    is restored (a fresh start would resume from the committed offsets and miss the first half)."""
+    _require_flink()
+    setup = Setup.make(broker, make_topic, tmp_path)
+    engagement, items, attributes = streams(seed=5)
+    expected = _expected(engagement, items, attributes)
+    first, second = engagement[:300], engagement[300:]
+    setup.produce(first, items, attributes)
+    (tmp_path / "run1").mkdir()
+    with running(setup.run_argv(tmp_path), tmp_path / "run1") as job:
+        _wait_for_committed(setup, min_records=100, job=job)
+        assert job.cancel()["status"] == "CANCELED"
+    checkpoints = tmp_path / "checkpoints" / job.job_id
+
+    setup.produce(second)
+    (tmp_path / "run2").mkdir()
+    restore = [sys.executable, "-m", "freshet.cli", "job", "restore", "--from", str(checkpoints)]
+    with running(restore, tmp_path / "run2") as restored:
+        latest = restored.rest("/checkpoints")["latest"]["restored"]
+        assert Path(latest["external_path"].removeprefix("file:")).parent == checkpoints.resolve()
+        records = _read_until(setup.servers, setup.deltas, expected, timeout_s=90, job=restored)
+        _check_deltas(records, expected)
+        _check_applied(records, expected)
+        assert restored.cancel()["status"] == "CANCELED"
+
+
+def _wait_for_committed(setup: Setup, min_records: int, job: Driver, timeout_s: float = 60) -> None:
+    """Until ``min_records`` deltas are committed, i.e. a checkpoint holding them has completed."""
+    committed = kafka_helpers.read_topic(
+        setup.servers, setup.deltas, min_records=min_records, timeout_s=timeout_s
+    )
+    if len(committed) < min_records:
+        job.fail(f"only {len(committed)} deltas committed within {timeout_s} s")
+    assert job.rest("/checkpoints")["counts"]["completed"] >= 1
 
 
 def _expected(engagement: list[bytes], items: list[bytes], attributes: list[bytes]) -> dict[str, Any]:
@@ -278,9 +342,7 @@ def _distinct(records: list[Any]) -> set[tuple[int, int, int]]:
     return {(d.item_id, d.region, d.version) for d in deltas}
 
 
-def _check_deltas(
-    records: list[Any], expected: dict[str, Any], items: list[bytes], attributes: list[bytes]
-) -> None:
+def _check_deltas(records: list[Any], expected: dict[str, Any]) -> None:
     assert all(r.key == str(decode_delta(r.value, LAYOUT).item_id).encode() for r in records), (
         "keyed by item id"
     )
