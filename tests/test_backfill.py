@@ -11,6 +11,7 @@ and the encoders.
 
 from __future__ import annotations
 
+import heapq
 import json
 import random
 from collections.abc import Sequence
@@ -22,7 +23,7 @@ import pytest
 from freshet.cli import main as cli_main
 from freshet.deltas import Delta, DeltaKind, decode_batch, encode_delta
 from freshet.eligibility import EligibilityEncoder
-from freshet.events import Event, parse_event
+from freshet.events import Event
 from freshet.feedgen import (
     TOPIC_ATTRIBUTES,
     TOPIC_ENGAGEMENT,
@@ -31,6 +32,7 @@ from freshet.feedgen import (
     FeedGenerator,
     RawRecord,
 )
+from freshet.job_logic import EligibilityLogic, EngagementLogic, EventParser, Step
 from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING
 from freshet.model import IndexModel
 from freshet.offline.backfill import EMBED_BATCH, BackfillError, backfill
@@ -87,10 +89,10 @@ def events_dir(tmp_path_factory: pytest.TempPathFactory, records: list[RawRecord
 
 def parsed(feature_set: FeatureSet, records: Sequence[RawRecord], source: str) -> list[tuple[Event, int]]:
     """A source's events in arrival order with the watermark after each, cut where it reaches ``until``."""
-    declared = feature_set.source(source)
-    events = [parse_event(r.value, source=source, key_field="item_id", time_field=declared.event_time,
-                          required=dict(declared.fields)) for r in records if r.topic == declared.topic]  # fmt: skip
-    events = [e for e in events if isinstance(e, Event)]
+    declared, parse = feature_set.source(source), EventParser.of(feature_set, source)
+    events = [
+        e for e in (parse(r.value) for r in records if r.topic == declared.topic) if isinstance(e, Event)
+    ]
     after = watermarks_after_each([e.ts_ms for e in events], declared.watermark.max_out_of_orderness_ms)
     return list(zip(events, after, strict=True))
 
@@ -174,6 +176,57 @@ def test_backfill_equals_the_stream_replayed_event_by_event(
     summary = result.summary()
     assert summary["sources"]["engagement"]["rejected"], "the feed's malformed records are counted by reason"
     assert summary["cells"]["feature"] > 0 and summary["cells"]["eligibility"] > 0
+
+
+class TimedLogic:
+    """``EngagementLogic`` over many items with a heap of event-time timers, as Flink's timer service keeps."""
+
+    def __init__(self, logic: EngagementLogic) -> None:
+        self.logic, self.states, self.deltas = logic, {}, []
+        self.timers: list[tuple[int, int]] = []  # (due watermark, item)
+
+    def event(self, event: Event, watermark_ms: int) -> None:
+        self._keep(
+            event.item_id, self.logic.on_event(self.states.get(event.item_id, {}), event, watermark_ms)
+        )
+
+    def watermark(self, watermark_ms: int) -> None:
+        due = set()
+        while self.timers and self.timers[0][0] <= watermark_ms:
+            due.add(heapq.heappop(self.timers)[1])
+        for item in sorted(due):
+            self._keep(item, self.logic.on_watermark(self.states.get(item, {}), watermark_ms, item_id=item))
+
+    def _keep(self, item: int, step: Step) -> None:
+        self.states[item] = step.states
+        for due_ms in self.logic.due_times_ms(step.states):
+            heapq.heappush(self.timers, (due_ms, item))
+        self.deltas += step.deltas
+
+
+def test_backfill_equals_the_jobs_own_logic(
+    feature_set: FeatureSet, records: list[RawRecord], events_dir: Path, models: Path
+) -> None:
+    """The job's pure per-source logic (``freshet.job_logic``), driven with event-time timers as Flink keeps
+    them, emits deltas that build the model backfill builds."""
+    layout, model = feature_set.layout(), published(feature_set, models)
+    run = TimedLogic(EngagementLogic(feature_set, "engagement"))
+    before = NO_WATERMARK
+    for event, watermark in cut(parsed(feature_set, records, "engagement"), UNTIL_MS):
+        run.event(event, before)
+        run.watermark(watermark)
+        before = watermark
+    run.watermark(UNTIL_MS)
+    eligibility = EligibilityLogic.of(feature_set)
+    attributes = [eligibility.delta(e) for e, _ in cut(parsed(feature_set, records, "item_attributes"), UNTIL_MS)
+                  if e.ts_ms <= UNTIL_MS]  # fmt: skip
+    items = [
+        e for e, _ in cut(parsed(feature_set, records, "items_published"), UNTIL_MS) if e.ts_ms <= UNTIL_MS
+    ]
+    embeddings = [encode_delta(d, layout) for d in embedding_deltas(feature_set, items, model)]
+    job = IndexModel(layout, model_version=model.version)
+    job.apply(decode_batch([*run.deltas, *attributes, *embeddings], layout))
+    assert backfill(feature_set, events_dir, UNTIL_MS, models).model.digest() == job.digest()
 
 
 def test_the_oracle_sees_a_missing_event(

@@ -4,11 +4,11 @@
 stops where the source's watermark reaches ``until`` (``freshet.offline.sources``). From the same
 ``feature_defs`` it then computes, per item, what a replica holds at that point:
 
-* each windowed feature's column: the newest firing under ``freshet.windows``' rules, vectorized
-  (``freshet.offline.windowed``);
-* the eligibility words of the item's newest attribute event, by ``EligibilityEncoder``;
-* the embedding of the item's newest publish event, by the item tower of the named published model
-  version, stamped with that version.
+* each windowed feature's column (the job's ``EngagementLogic`` features): the newest firing under
+  ``freshet.windows``' rules, vectorized (``freshet.offline.windowed``);
+* the job's ELIGIBILITY delta (``EligibilityLogic``) of the item's newest attribute event;
+* the job's EMBEDDING delta (``EmbeddingLogic``) of the item's newest publish event, from the item tower
+  of the named published model version, in batches of ``EMBED_BATCH`` items by ascending id.
 
 Point in time: no value uses an event from after ``until``. Windows fire only once the watermark passed
 their end; attribute and publish events timed after ``until`` are skipped (and counted). Among events of
@@ -20,7 +20,7 @@ the result is a standard model for ``freshet.snapshot.write_snapshot``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -28,12 +28,13 @@ from typing import Any, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from freshet.deltas import DecodedBatch, DeltaKind
-from freshet.eligibility import EligibilityEncoder
+from freshet.deltas import DecodedBatch, DeltaKind, decode_batch
 from freshet.errors import FreshetError
-from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING, TensorLayout
+from freshet.events import Event
+from freshet.job_logic import EligibilityLogic, EmbeddingLogic, EngagementLogic, windowed_sources
+from freshet.layout import TensorLayout
 from freshet.model import IndexModel
-from freshet.offline.columns import ColumnFeature, WindowedColumns
+from freshet.offline.columns import WindowedColumns
 from freshet.offline.eventlog import log_bytes, read_values, topic_files
 from freshet.offline.sources import Arrived, SourceReader, SourceStats
 from freshet.offline.windowed import final_column
@@ -181,8 +182,9 @@ class _Latest:
     source: str
     until_ms: int | None
     version_of: Callable[[int], int]
-    payload_of: Callable[[Mapping[str, Any]], Any]
-    best: dict[int, tuple[int, int, Any]] = field(default_factory=dict)  # item -> (version, ts, payload)
+    #: what to keep of a winning event (the job's encoded delta, or the fields the tower reads)
+    keep: Callable[[Event], Any]
+    best: dict[int, tuple[int, Any]] = field(default_factory=dict)  # item -> (version, kept)
     after_until: int = 0
 
     def add(self, arrived: Sequence[Arrived]) -> None:
@@ -193,43 +195,54 @@ class _Latest:
             version = self.version_of(event.ts_ms)
             current = self.best.get(event.item_id)
             if current is None or version > current[0]:
-                self.best[event.item_id] = (version, event.ts_ms, self.payload_of(event.fields))
+                self.best[event.item_id] = (version, self.keep(event))
 
-    def winners(self) -> tuple[Ints, Ints, Ints, list[Any]]:
-        """Item ids (ascending), versions, event times and payloads of the newest events."""
-        ids = sorted(self.best)
-        rows = [self.best[i] for i in ids]
-        versions_ = np.array([row[0] for row in rows], dtype=np.int64)
-        stamps = np.array([row[1] for row in rows], dtype=np.int64)
-        return np.array(ids, dtype=np.int64), versions_, stamps, [row[2] for row in rows]
+    def winners(self) -> list[Any]:
+        """What was kept of each item's newest event, by ascending item id."""
+        return [self.best[item][1] for item in sorted(self.best)]
 
 
 @dataclass
 class _Eligibility:
+    """The job's ELIGIBILITY delta (``EligibilityLogic``) of each item's newest attribute event."""
+
     latest: _Latest
 
+    @classmethod
+    def of(cls, feature_set: FeatureSet, source: str, until_ms: int | None) -> _Eligibility:
+        logic = EligibilityLogic.of(feature_set)
+        return cls(_Latest(source, until_ms, eligibility_version, logic.delta))
+
     def cells(self, layout: TensorLayout) -> _Cells:
-        ids, versions_, stamps, words = self.latest.winners()
-        matrix = np.array(words, dtype=np.int64).reshape(-1, layout.eligibility_words)
-        return _Cells(
-            DeltaKind.ELIGIBILITY, ids, np.full(ids.shape, REGION_ELIGIBILITY), versions_, stamps, matrix
-        )
+        return _Cells.decoded(self.latest.winners(), DeltaKind.ELIGIBILITY, layout)
 
 
 @dataclass
 class _Embeddings:
+    """The job's EMBEDDING deltas (``EmbeddingLogic``) of each item's newest publish event."""
+
     latest: _Latest
+    logic: EmbeddingLogic
+
+    @classmethod
+    def of(cls, feature_set: FeatureSet, until_ms: int | None) -> _Embeddings:
+        logic = EmbeddingLogic.of(feature_set)
+        fields = logic.input_fields
+
+        def keep(event: Event) -> Event:  # only what the tower reads
+            return Event(event.source, event.item_id, event.ts_ms, {f: event.fields.get(f) for f in fields})
+
+        return cls(_Latest(feature_set.embedding.source, until_ms, embedding_version, keep), logic)
 
     def cells(self, layout: TensorLayout, published: PublishedModel, progress: Progress) -> _Cells:
-        ids, versions_, stamps, records = self.latest.winners()
-        progress.stage(f"embedding with {published.name} v{published.version}", len(records))
-        vectors = np.zeros((len(records), layout.embedding_dim), dtype=np.float32)
-        for start in range(0, len(records), EMBED_BATCH):
-            chunk = records[start : start + EMBED_BATCH]
-            vectors[start : start + len(chunk)] = published.item_tower.embed(chunk).numpy()
+        events = self.latest.winners()
+        progress.stage(f"embedding with {published.name} v{published.version}", len(events))
+        records: list[bytes] = []
+        for start in range(0, len(events), EMBED_BATCH):
+            chunk = events[start : start + EMBED_BATCH]
+            records += self.logic.deltas(published, chunk)
             progress.advance(len(chunk))
-        return _Cells(DeltaKind.EMBEDDING, ids, np.full(ids.shape, REGION_EMBEDDING), versions_, stamps, vectors,
-                      model_version=published.version)  # fmt: skip
+        return _Cells.decoded(records, DeltaKind.EMBEDDING, layout)
 
 
 @dataclass
@@ -242,19 +255,13 @@ class _Plan:
 
     @classmethod
     def of(cls, feature_set: FeatureSet, until_ms: int | None) -> _Plan:
-        layout = feature_set.layout()
-        windowed: dict[str, list[ColumnFeature]] = {}
-        for feature in feature_set.features:
-            windowed.setdefault(feature.source, []).append(ColumnFeature.of(feature, layout))
-        spec = feature_set.embedding
-        embeddings = _Latest(spec.source, until_ms, embedding_version,
-                             lambda fields: {name: fields.get(name) for name in spec.input_fields})  # fmt: skip
-        eligibility = None
-        if feature_set.eligibility is not None:
-            encoder = EligibilityEncoder.of(feature_set)
-            latest = _Latest(feature_set.eligibility.source, until_ms, eligibility_version, encoder.words)
-            eligibility = _Eligibility(latest)
-        return cls({s: WindowedColumns(f) for s, f in windowed.items()}, eligibility, _Embeddings(embeddings))
+        windowed = {
+            s: WindowedColumns(EngagementLogic(feature_set, s).features)
+            for s in windowed_sources(feature_set)
+        }
+        declared = feature_set.eligibility
+        eligibility = None if declared is None else _Eligibility.of(feature_set, declared.source, until_ms)
+        return cls(windowed, eligibility, _Embeddings.of(feature_set, until_ms))
 
     def stateless(self) -> list[_Eligibility | _Embeddings]:
         return [self.embeddings] if self.eligibility is None else [self.embeddings, self.eligibility]
@@ -287,6 +294,22 @@ class _Cells:
     def __len__(self) -> int:
         return int(self.item_ids.shape[0])
 
+    @classmethod
+    def decoded(cls, records: list[bytes], kind: DeltaKind, layout: TensorLayout) -> _Cells:
+        """The cells of encoded deltas of one kind (the job's own records)."""
+        batch = decode_batch(records, layout)
+        if batch.rejected:  # the job's encoder checks what decoding checks: a bug if it ever shows
+            raise BackfillError(
+                f"{sum(batch.rejected.values())} {kind.name} deltas rejected: {batch.rejected}"
+            )
+        part = batch.kind_slice(kind)
+        values: npt.NDArray[Any] = (
+            batch.embeddings if kind is DeltaKind.EMBEDDING else batch.eligibility_words
+        )
+        model_version = int(batch.model_version[part][0]) if part.stop > part.start else 0
+        return cls(kind, batch.item_id[part], batch.region[part], batch.version[part], batch.event_time_ms[part],
+                   values, model_version)  # fmt: skip
+
 
 def _feature_cells(
     columns: WindowedColumns, until_ms: int | None, result: BackfillResult, progress: Progress
@@ -295,7 +318,7 @@ def _feature_cells(
     progress.stage(f"windows of {len(columns):,} events", len(columns.features))
     parts = []
     for index, feature in enumerate(columns.features):
-        computed = final_column(feature.aggregate, columns.events(index), until_ms)
+        computed = final_column(feature.operator.feature, columns.events(index), until_ms)
         result.too_late[feature.name] = computed.too_late
         if computed.replayed_items:
             result.replayed[feature.name] = computed.replayed_items

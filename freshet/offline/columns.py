@@ -1,9 +1,11 @@
 """A windowed source's events as columns: what each windowed feature needs, gathered in one pass.
 
+The features are the job's own (``freshet.job_logic.WindowedFeature``: filter, field, operator, region).
+
 Per event the pass keeps the item, the event time, the watermark it arrived under, one bit per feature
 whose filter takes it, and the values the features aggregate: a float column per numerically aggregated
 field (``float(value) + 0.0``, as the aggregators read numbers) and a ``stable_hash64`` column per field
-counted by ``approx_distinct``. Filters and hashes are memoized on the values they read, so the
+counted by ``approx_distinct``; the value is the one ``WindowedFeature.value_of`` takes. Filters and hashes are memoized on the values they read, so the
 per-event cost does not grow with the number of features.
 """
 
@@ -19,35 +21,16 @@ import numpy as np
 import numpy.typing as npt
 
 from freshet.aggregators import stable_hash64
-from freshet.layout import TensorLayout
+from freshet.job_logic import WindowedFeature
 from freshet.offline.sources import Arrived
-from freshet.spec import Feature
-from freshet.spec.predicates import Predicate
-from freshet.windows import WindowedAggregate
 
 _MEMO_LIMIT = 1 << 16
 _SCALARS = (str, int, float, bool, type(None))
 
 
-@dataclass(frozen=True)
-class ColumnFeature:
-    """One declared windowed feature as backfill computes it."""
-
-    name: str
-    region: int
-    aggregate: WindowedAggregate
-    filter: Predicate | None
-    field: str | None
-
-    @classmethod
-    def of(cls, feature: Feature, layout: TensorLayout) -> ColumnFeature:
-        return cls(feature.name, layout.feature_region(feature.name), WindowedAggregate.from_feature(feature),
-                   feature.filter, feature.field)  # fmt: skip
-
-    @property
-    def hashed(self) -> bool:
-        """Whether the feature aggregates value hashes (``approx_distinct``) rather than numbers."""
-        return self.aggregate.aggregation == "approx_distinct"
+def _hashed(feature: WindowedFeature) -> bool:
+    """Whether the feature aggregates value hashes (``approx_distinct``) rather than numbers."""
+    return feature.operator.feature.aggregation == "approx_distinct"
 
 
 @dataclass(frozen=True)
@@ -83,7 +66,7 @@ def memo_key(value: object) -> tuple[type, object]:
 class WindowedColumns:
     """Collects one source's events for its windowed features (``add``), then hands out ``events(i)``."""
 
-    def __init__(self, features: Sequence[ColumnFeature]) -> None:
+    def __init__(self, features: Sequence[WindowedFeature]) -> None:
         if len(features) > 64:
             raise ValueError(f"{len(features)} windowed features on one source; backfill handles up to 64")
         self.features = tuple(features)
@@ -94,10 +77,10 @@ class WindowedColumns:
             for name in self._value_fields
         }
         self._hashed = {
-            name: any(f.hashed for f in features if f.field == name) for name in self._value_fields
+            name: any(_hashed(f) for f in features if f.field == name) for name in self._value_fields
         }
         self._numeric = {
-            name: any(not f.hashed for f in features if f.field == name) for name in self._value_fields
+            name: any(not _hashed(f) for f in features if f.field == name) for name in self._value_fields
         }
         self._masks: dict[tuple[object, ...], int] = {}
         self._hashes: dict[tuple[type, object], int] = {}
@@ -131,8 +114,8 @@ class WindowedColumns:
         taken = (bits >> np.uint64(index)) & np.uint64(1) == 1
         values: npt.NDArray[Any] | None = None
         if feature.field is not None:
-            source = self._hash_values if feature.hashed else self._numbers
-            values = _numpy(source[feature.field], np.uint64 if feature.hashed else np.float64)[taken]
+            source = self._hash_values if _hashed(feature) else self._numbers
+            values = _numpy(source[feature.field], np.uint64 if _hashed(feature) else np.float64)[taken]
         return FeatureEvents(_numpy(self._items, np.int64)[taken], _numpy(self._ts, np.int64)[taken],
                              _numpy(self._watermarks, np.int64)[taken], values)  # fmt: skip
 

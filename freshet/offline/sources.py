@@ -1,7 +1,7 @@
 """One source's logged records, parsed as the stream job parses them, up to where its watermark passes ``until``.
 
-Each record goes through ``freshet.events.parse_event`` with the source's declarations, so backfill accepts
-and rejects exactly what the job does (rejections are counted by reason code). Every event is paired with
+Each record goes through the job's ``EventParser`` for the source, so backfill accepts and rejects exactly
+what the job does (rejections are counted by reason code). Every event is paired with
 the watermark it arrived under: the source's bounded-out-of-orderness watermark after every event before
 it (``freshet.watermarks``), ``NO_WATERMARK`` for the first.
 
@@ -18,7 +18,8 @@ from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 
-from freshet.events import Event, parse_event
+from freshet.events import Event
+from freshet.job_logic import EventParser
 from freshet.spec import FeatureSet
 from freshet.watermarks import bounded_out_of_orderness
 from freshet.windows import NO_WATERMARK
@@ -58,9 +59,7 @@ class SourceReader:
     def __init__(self, feature_set: FeatureSet, source: str, until_ms: int | None) -> None:
         declared = feature_set.source(source)
         self.stats = SourceStats(source, declared.topic)
-        self._key_field = feature_set.entity.key
-        self._time_field = declared.event_time
-        self._required = dict(declared.fields)
+        self._parse_one = EventParser.of(feature_set, source)
         self._delay_ms = declared.watermark.max_out_of_orderness_ms
         self._until_ms = until_ms
         self._max_ts: int | None = None
@@ -80,8 +79,7 @@ class SourceReader:
     def _parse(self, values: list[bytes]) -> list[Arrived]:
         stats, out = self.stats, []
         for raw in values:
-            parsed = parse_event(raw, source=stats.source, key_field=self._key_field,
-                                 time_field=self._time_field, required=self._required)  # fmt: skip
+            parsed = self._parse_one(raw)
             if not isinstance(parsed, Event):
                 stats.records += 1
                 stats.rejected[parsed.reason_code] += 1
