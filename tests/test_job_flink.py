@@ -61,6 +61,7 @@ LAYOUT = FS.layout()
 ITEMS = [11, 12, 13, 14, 15]
 SENTINEL_ITEM = 999_999
 FS_DEFS = Path(__file__).resolve().parent.parent / "feature_defs"
+ENGAGEMENT_DELAY_MS = FS.source("engagement").watermark.max_out_of_orderness_ms
 BAD = {  # one bad record per source, and the reason code each must get
     "engagement": (b'{"item_id": 11, "ts": 1700000000000, "action": "like"', "malformed_json"),
     "items_published": (b'{"item_id": 12, "created_at": 1700000000000, "author_id": "seven", "title": "t", '
@@ -201,7 +202,8 @@ class Setup:
         argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", self.servers, "--defs", str(FS_DEFS),
                 "--models", str(self.models), "--delta-topic", self.deltas, "--dlq-topic", self.dlq,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), "--log-dir", str(tmp_path / "flink-log"),
-                "--job-name", f"test-{self.deltas}", "--model-poll-ms", "500", "--embed-linger-ms", "100"]  # fmt: skip
+                "--job-name", f"test-{self.deltas}", "--model-poll-ms", "500", "--embed-linger-ms", "100",
+                "--conf", "metrics.fetcher.update-interval=500"]  # fmt: skip
         for declared, actual in self.raw.items():
             argv += ["--topic", f"{declared}={actual}"]
         return argv
@@ -213,47 +215,86 @@ class Setup:
 
 
 def streams(seed: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
-    """Engagement (ending in a malformed record and the far-future event), items and attributes, raw."""
+    """Engagement events none of which can be late (see the module docstring), items and attributes, raw."""
     rng = random.Random(seed)
     engagement = encode_docs(engagement_docs(rng, ITEMS, 600, step_ms=30_000, disorder_ms=4_000))
-    sentinel = {
-        "item_id": SENTINEL_ITEM,
-        "ts": T0_MS + 5 * 86_400_000,
-        "user_id": 1,
-        "action": "view",
-        "dwell_ms": 1,
-    }
-    engagement += [BAD["engagement"][0], *encode_docs([sentinel])]
     items = [*encode_docs(item_docs(ITEMS)), BAD["items_published"][0]]
     attributes = [*encode_docs(attribute_docs(rng, ITEMS)), BAD["item_attributes"][0]]
     return engagement, items, attributes
 
 
+#: an engagement event days after the others: the watermark passes every window
+SENTINEL = json.dumps({"item_id": SENTINEL_ITEM, "ts": T0_MS + 5 * 86_400_000, "user_id": 1, "action": "view",
+                       "dwell_ms": 1}).encode()  # fmt: skip
+
+
+def late_phase(ahead: list[bytes]) -> tuple[bytes, int, list[bytes]]:
+    """A last on-time event that puts the watermark 20 s past an hour boundary ``h``, that watermark, and events
+    behind it: into windows ending at ``h`` (re-fired within allowed lateness, or too late for ``dwell_*``,
+    whose lateness is 0), 11 min before ``h`` (too late for ``views_10m``: side output) and an hour before
+    (too late for every window: dropped), and one behind the watermark that is not late at all."""
+    hour = 3_600_000
+    h = -(-max(json.loads(raw)["ts"] for raw in ahead) // hour) * hour
+    watermark_ms = h + 20_000
+    marker = {"item_id": ITEMS[0], "ts": watermark_ms + ENGAGEMENT_DELAY_MS + 1, "user_id": 1, "action": "share",
+              "dwell_ms": 1}  # fmt: skip
+    behind = [(h - 1_000, "like"), (h - 1_000, "view"), (h - 2_000, "comment"), (h - 700_000, "view"),
+              (h - 3_700_000, "like"), (watermark_ms - 1, "share")]  # fmt: skip
+    late = encode_docs({"item_id": ITEMS[i % len(ITEMS)], "ts": ts, "user_id": 90 + i, "action": action,
+                        "dwell_ms": 7} for i, (ts, action) in enumerate(behind))  # fmt: skip
+    return json.dumps(marker).encode(), watermark_ms, late
+
+
 def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
     broker: EmbeddedBroker, make_topic: Any, tmp_path: Path
 ) -> None:
+    """Two phases. First events none of which is late, then, once the window operator's watermark stands where
+    they put it (REST), late events that do not move it, then the far-future event: every late event meets
+    exactly that watermark, so its fate (update, side output, drop) is what the oracle says."""
     _require_flink()
     setup = Setup.make(broker, make_topic, tmp_path)
-    engagement, items, attributes = streams(seed=4)
-    setup.produce(engagement, items, attributes)
+    ahead, items, attributes = streams(seed=4)
+    marker, watermark_ms, late = late_phase(ahead)
+    ahead.append(marker)
+    engagement = [*ahead, BAD["engagement"][0], *late, SENTINEL]
     expected = _expected(engagement, items, attributes)
+    assert expected["late"] and expected["dropped"], "the late events meet both policies"
+    assert any(version & 0xFFFFF for _, _, version, _, _ in expected["features"]), (
+        "and update within lateness"
+    )
 
+    setup.produce([*ahead, BAD["engagement"][0]], items, attributes)
     started = time.monotonic()
     with running(setup.run_argv(tmp_path), tmp_path) as job:
+        _wait_for_watermark(job, "windows engagement", watermark_ms)
+        setup.produce([*late, SENTINEL])
         records = _read_until(setup.servers, setup.deltas, expected, timeout_s=90, job=job)
         elapsed = time.monotonic() - started
         _check_deltas(records, expected)
         _check_applied(records, expected)
 
+        side = kafka_helpers.read_topic(
+            setup.servers, setup.raw["engagement.late"], min_records=1, timeout_s=30
+        )
+        by_feature: dict[str, int] = {}
+        for record in side:
+            late_record = json.loads(record.value)
+            assert (
+                late_record["reason"].startswith("late: window")
+                and late_record["watermark_ms"] == watermark_ms
+            )
+            by_feature[late_record["feature"]] = by_feature.get(late_record["feature"], 0) + 1
+        assert by_feature == expected["late"]
+        assert _counters(job, ".late_dropped_") == expected["dropped"]
+
         dlq = kafka_helpers.read_topic(setup.servers, setup.dlq, min_records=3, timeout_s=30)
         got = sorted((json.loads(r.value)["source"], json.loads(r.value)["reason"].split(":")[0],
                       json.loads(r.value)["raw"].encode("latin-1")) for r in dlq)  # fmt: skip
         assert sorted(set(got)) == sorted((s, reason, raw) for s, (raw, reason) in BAD.items())
-        assert kafka_helpers.read_topic(setup.servers, setup.raw["engagement.late"], timeout_s=2) == []
+        assert _counters(job, ".rejected_") == {reason: 1 for _, reason in BAD.values()}
 
         assert job.rest("")["state"] == "RUNNING", "bad input never stops the job"
         assert job.rest("/exceptions").get("exceptionHistory", {}).get("entries", []) == []
-        _check_rejection_metrics(job)
         final = job.cancel()
         assert final == {"job_id": job.job_id, "status": "CANCELED"}
     record = json.loads((tmp_path / "checkpoints" / job.job_id / "freshet-job.json").read_text())
@@ -268,7 +309,8 @@ def test_a_job_cancelled_mid_stream_and_restored_ends_as_if_never_stopped(
     is restored (a fresh start would resume from the committed offsets and miss the first half)."""
     _require_flink()
     setup = Setup.make(broker, make_topic, tmp_path)
-    engagement, items, attributes = streams(seed=5)
+    ahead, items, attributes = streams(seed=5)
+    engagement = [*ahead, SENTINEL]
     expected = _expected(engagement, items, attributes)
     first, second = engagement[:300], engagement[300:]
     setup.produce(first, items, attributes)
@@ -290,6 +332,20 @@ def test_a_job_cancelled_mid_stream_and_restored_ends_as_if_never_stopped(
         assert restored.cancel()["status"] == "CANCELED"
 
 
+def _wait_for_watermark(job: Driver, vertex_name: str, watermark_ms: int, timeout_s: float = 60) -> None:
+    """Until the input watermark of the vertex named ``vertex_name`` is ``watermark_ms`` (REST metrics)."""
+    vertices = [v for v in job.rest("")["vertices"] if vertex_name in v["name"]]
+    assert len(vertices) == 1, [v["name"] for v in job.rest("")["vertices"]]
+    url = f"{job.rest_url}/jobs/{job.job_id}/vertices/{vertices[0]['id']}/watermarks"
+    deadline, seen = time.monotonic() + timeout_s, None
+    while time.monotonic() < deadline:
+        seen = [int(w["value"]) for w in _get(url) if w["id"].endswith("currentInputWatermark")]
+        if seen and min(seen) == watermark_ms:
+            return
+        time.sleep(0.3)
+    job.fail(f"the watermark of {vertex_name!r} is {seen}, not {watermark_ms}, after {timeout_s} s")
+
+
 def _wait_for_committed(setup: Setup, min_records: int, job: Driver, timeout_s: float = 60) -> None:
     """Until ``min_records`` deltas are committed, i.e. a checkpoint holding them has completed."""
     committed = kafka_helpers.read_topic(
@@ -306,7 +362,6 @@ def _expected(engagement: list[bytes], items: list[bytes], attributes: list[byte
         [e.ts_ms for e in events], FS.source("engagement").watermark.max_out_of_orderness_ms
     )
     rows, late, dropped = oracle_feature_rows(FS, events, watermarks, None)
-    assert late == {} and dropped == {}, "the stream is built so that no event is late"
     assert len({r[0] for r in rows}) == len(ITEMS) and len(rows) > 500, "every item fires many windows"
     encoder = EligibilityEncoder.of(FS)
     eligibility = {(e.item_id, eligibility_version(e.ts_ms), tuple(encoder.words(e.fields).tolist()))
@@ -314,7 +369,13 @@ def _expected(engagement: list[bytes], items: list[bytes], attributes: list[byte
     published = parse_all("items_published", items)
     vectors = two_tower(0).item_tower.embed([e.fields for e in published]).numpy()
     embeddings = {e.item_id: (embedding_version(e.ts_ms), v) for e, v in zip(published, vectors, strict=True)}
-    return {"features": rows, "eligibility": eligibility, "embeddings": embeddings}
+    return {
+        "features": rows,
+        "eligibility": eligibility,
+        "embeddings": embeddings,
+        "late": late,
+        "dropped": dropped,
+    }
 
 
 def _read_until(
@@ -391,24 +452,29 @@ def _oracle_deltas(expected: dict[str, Any]) -> list[Any]:
     return deltas
 
 
-def _check_rejection_metrics(job: Driver, timeout_s: float = 30) -> None:
-    """Each parse operator counted its rejection under ``rejected_<reason>`` (Flink metrics over REST)."""
-    expected = {reason: 1 for _, reason in BAD.values()}
+def _counters(job: Driver, infix: str, timeout_s: float = 30) -> dict[str, int]:
+    """Non-zero operator counters whose name holds ``infix`` (e.g. ``.rejected_``), summed over subtasks, by the
+    rest of their name; read until two reads agree (the REST API refreshes metrics every half second here)."""
+    previous: dict[str, int] | None = None
     deadline = time.monotonic() + timeout_s
-    while (counted := _rejection_counters(job)) != expected and time.monotonic() < deadline:
-        time.sleep(1)  # the REST API refreshes metrics every few seconds
-    assert counted == expected
+    while time.monotonic() < deadline:
+        counted = _read_counters(job, infix)
+        if counted and counted == previous:
+            return counted
+        previous = counted
+        time.sleep(1)
+    return previous or {}
 
 
-def _rejection_counters(job: Driver) -> dict[str, int]:
+def _read_counters(job: Driver, infix: str) -> dict[str, int]:
     counted: dict[str, int] = {}
     for vertex in job.rest("")["vertices"]:
         url = f"{job.rest_url}/jobs/{job.job_id}/vertices/{vertex['id']}/metrics"
-        wanted = [m["id"] for m in _get(url) if ".rejected_" in m["id"]]
+        wanted = [m["id"] for m in _get(url) if infix in m["id"]]
         for metric in _get(f"{url}?get={','.join(wanted)}") if wanted else []:
-            reason = metric["id"].rsplit(".rejected_", 1)[1]
-            counted[reason] = counted.get(reason, 0) + int(float(metric["value"]))
-    return {reason: n for reason, n in counted.items() if n}
+            name = metric["id"].rsplit(infix, 1)[1]
+            counted[name] = counted.get(name, 0) + int(float(metric["value"]))
+    return {name: n for name, n in counted.items() if n}
 
 
 def _get(url: str) -> Any:
