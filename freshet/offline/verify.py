@@ -107,11 +107,20 @@ def _version(version: int) -> str:
 
 
 def open_side(
-    spec: str, layout: TensorLayout, *, admin_token: str | None = None, timeout_s: float = 10.0
+    spec: str,
+    layout: TensorLayout,
+    *,
+    admin_token: str | None = None,
+    timeout_s: float = 10.0,
+    client: httpx.Client | None = None,
 ) -> Side:
-    """The side ``spec`` names: a replica URL, a snapshot directory, or a snapshot root."""
-    if spec.startswith(("http://", "https://")):
-        return _replica(spec, layout, admin_token, timeout_s)
+    """The side ``spec`` names: a replica URL, a snapshot directory, or a snapshot root.
+
+    ``client`` talks to the replica instead of a new ``httpx.Client`` for the URL (an in-process app).
+    """
+    if spec.startswith(("http://", "https://")) or client is not None:
+        client = client or httpx.Client(base_url=spec.rstrip("/"), timeout=timeout_s)
+        return _replica(spec, client, layout, admin_token, timeout_s)
     return snapshot_side(Path(spec), layout)
 
 
@@ -140,25 +149,33 @@ def _newest_valid(root: Path, layout: TensorLayout) -> Path:
     raise VerifyError(f"{root}: no valid snapshot ({detail})")
 
 
-def _replica(url: str, layout: TensorLayout, admin_token: str | None, timeout_s: float) -> Side:
-    client = httpx.Client(base_url=url.rstrip("/"), timeout=timeout_s)
+def _replica(
+    url: str, client: httpx.Client, layout: TensorLayout, admin_token: str | None, timeout_s: float
+) -> Side:
     try:
         state = client.get("/v1/state").raise_for_status().json()
     except httpx.HTTPError as exc:
         raise VerifyError(f"replica {url}: cannot read /v1/state ({exc})") from exc
 
     def fetch(item_id: int) -> Cells | None:
-        response = client.get(f"/v1/items/{item_id}")
-        if response.status_code == 404:
-            return None
-        return _cells_from_http(response.raise_for_status().json(), layout)
+        try:
+            response = client.get(f"/v1/items/{item_id}")
+            if response.status_code == 404:
+                return None
+            return _cells_from_http(response.raise_for_status().json(), layout)
+        except httpx.HTTPError as exc:
+            raise VerifyError(f"replica {url}: GET /v1/items/{item_id} failed ({exc})") from exc
 
     def snapshot() -> Path | None:
+        """The replica's snapshot written now, if a token is given and its path is readable here."""
         if admin_token is None:
             return None
         headers = {"Authorization": f"Bearer {admin_token}"}
-        taken = client.post("/admin/snapshot", headers=headers, timeout=max(timeout_s, 120.0))
-        path = Path(taken.raise_for_status().json()["path"])
+        try:
+            taken = client.post("/admin/snapshot", headers=headers, timeout=max(timeout_s, 120.0))
+            path = Path(taken.raise_for_status().json()["path"])
+        except httpx.HTTPError as exc:
+            raise VerifyError(f"replica {url}: POST /admin/snapshot failed ({exc})") from exc
         return path if path.is_dir() else None
 
     return Side(f"replica {url}", state["digest"], state["model_version"], state["layout_hash"], state["items"],
@@ -247,6 +264,8 @@ def compare(a: Side, b: Side, layout: TensorLayout, *, show: int = 10, probe_lim
         if x != y:
             headline.append(f"{what}: A {x} | B {y}")
     a, b = _with_state(a, layout), _with_state(b, layout)
+    if a.digest == b.digest:  # replicas that moved on to agree by the time they wrote their snapshots
+        return Report(True, a.digest, b.digest, [], [], 0)
     if a.state is not None and b.state is not None:
         diffs, total, notes = _state_differences(a.state, b.state, layout, show)
         return Report(False, a.digest, b.digest, headline + notes, diffs, total)
@@ -266,15 +285,12 @@ def _with_state(side: Side, layout: TensorLayout) -> Side:
     """A replica side with its full state, from a snapshot it writes now (needs the admin token)."""
     if side.state is not None or side.snapshot is None:
         return side
-    try:
-        path = side.snapshot()
-    except httpx.HTTPError:
-        return side
+    path = side.snapshot()
     if path is None:
         return side
-    taken = snapshot_side(path, layout, label=side.label)
+    taken = snapshot_side(path, layout, label=f"{side.label} (its snapshot {path})")
     return Side(
-        side.label, taken.digest, taken.model_version, taken.layout_hash, taken.items, state=taken.state
+        taken.label, taken.digest, taken.model_version, taken.layout_hash, taken.items, state=taken.state
     )
 
 
