@@ -60,7 +60,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--rest-port", default=DEFAULT_REST_PORTS, help="local ports to look in (default %(default)s)"
     )
-    p.add_argument("--savepoint-dir", type=Path, help="default: <checkpoint dir>/savepoints")
+    p.add_argument(
+        "--savepoint-dir", type=Path, help="default: <checkpoint dir>/savepoints (a folder per job)"
+    )
     p.add_argument("--checkpoint-dir", type=Path, help="where the job keeps its checkpoints and job record")
     p.add_argument("--timeout-s", type=float, default=300.0)
 
@@ -158,7 +160,7 @@ def _stop(args: argparse.Namespace) -> int:
             f"freshet job stop: no REST API on ports {args.rest_port} knows job {args.job_id}; give --rest"
         )
     checkpoint_dir = Path(args.checkpoint_dir or DEFAULT_CHECKPOINT_DIR)
-    target = Path(args.savepoint_dir or checkpoint_dir / "savepoints").resolve()
+    target = (Path(args.savepoint_dir or checkpoint_dir / "savepoints") / args.job_id).resolve()
     location = stop_with_savepoint(rest, args.job_id, target, args.timeout_s)
     savepoint = Path(location.removeprefix("file:"))
     record = checkpoint_dir / args.job_id / "freshet-job.json"
@@ -172,11 +174,21 @@ def _stop(args: argparse.Namespace) -> int:
 
 
 def stop_with_savepoint(rest: str, job_id: str, target: Path, timeout_s: float) -> str:
-    """``POST /jobs/<id>/stop`` and wait for the savepoint; returns its location."""
+    """``POST /jobs/<id>/stop`` into ``target``, and wait for the savepoint; returns its location.
+
+    A local MiniCluster shuts down, REST API included, as soon as its job has stopped; then the savepoint is
+    found in ``target``, where it was complete before the job ended.
+    """
     trigger = _rest(f"{rest}/jobs/{job_id}/stop", {"drain": False, "targetDirectory": target.as_uri()})
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        answer = _rest(f"{rest}/jobs/{job_id}/savepoints/{trigger['request-id']}")
+        try:
+            answer = _rest(f"{rest}/jobs/{job_id}/savepoints/{trigger['request-id']}")
+        except OSError:  # refused, reset or closed: the REST API is going or gone
+            if done := sorted(target.glob("savepoint-*/_metadata"), key=lambda p: p.stat().st_mtime):
+                return str(done[-1].parent)
+            time.sleep(0.5)
+            continue
         if answer["status"]["id"] == "COMPLETED":
             operation = answer.get("operation", {})
             if "failure-cause" in operation:
@@ -192,7 +204,7 @@ def _rest(url: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
     try:
         with urllib.request.urlopen(request, timeout=10) as response:
             return dict(json.load(response))
-    except urllib.error.HTTPError as exc:
+    except urllib.error.HTTPError as exc:  # an answer, but no success: say what the JobManager said
         raise SystemExit(
             f"freshet job: {url} answered {exc.code}: {exc.read().decode(errors='replace')}"
         ) from None

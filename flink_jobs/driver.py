@@ -27,8 +27,6 @@ if TYPE_CHECKING:
 
     from flink_jobs.deltas_job import JobSettings
 
-TERMINAL = {"CANCELED", "FINISHED", "FAILED", "SUSPENDED"}
-
 
 def run_attached(settings: JobSettings) -> int:
     """Submit the delta job here and wait until it ends or a signal asks to cancel it; 0 unless it failed."""
@@ -48,23 +46,32 @@ def run_attached(settings: JobSettings) -> int:
           f"  stop with a savepoint: freshet job stop --job-id {job_id} --rest {rest}\n"
           f"  Ctrl-C cancels (the last checkpoint is retained: freshet job restore --from <chk dir>)",
           file=sys.stderr, flush=True)  # fmt: skip
-    status = _wait(client, stop)
-    if status not in TERMINAL:
-        client.cancel().result()
-        status = wait_until_terminal(client)
+    status = _until_ended_or_stopped(client, stop)
     print(json.dumps({"job_id": job_id, "status": status}), flush=True)
     stop_children()
     return 0 if status in ("CANCELED", "FINISHED") else 1
 
 
-def _wait(client: JobClient, stop: threading.Event) -> str:
-    """Until the job is terminal or ``stop`` is set; returns the last status seen."""
-    status = "CREATED"
-    while not stop.wait(0.5):
-        status = str(client.get_job_status().result())
-        if status in TERMINAL:
-            break
-    return status
+def _until_ended_or_stopped(client: JobClient, stop: threading.Event) -> str:
+    """The job's final status; cancels it first if ``stop`` is set while it runs.
+
+    The job's result is awaited on a thread from the start: a local MiniCluster shuts down as soon as its job
+    ends (e.g. stopped with a savepoint by ``freshet job stop``) and answers no later question about it.
+    """
+    ended: dict[str, str] = {}
+
+    def await_result() -> None:
+        ended["status"] = wait_until_terminal(client)
+        stop.set()
+
+    watcher = threading.Thread(target=await_result, name="job-result", daemon=True)
+    watcher.start()
+    while not stop.wait(0.5):  # a timed wait, so SIGINT/SIGTERM handlers run promptly
+        pass
+    if "status" not in ended:
+        client.cancel().result()
+        watcher.join(timeout=120)
+    return ended.get("status", "UNKNOWN: no result within 120 s of cancelling")
 
 
 def wait_until_terminal(client: JobClient) -> str:

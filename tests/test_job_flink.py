@@ -329,7 +329,24 @@ def test_a_job_cancelled_mid_stream_and_restored_ends_as_if_never_stopped(
         records = _read_until(setup.servers, setup.deltas, expected, timeout_s=90, job=restored)
         _check_deltas(records, expected)
         _check_applied(records, expected)
-        assert restored.cancel()["status"] == "CANCELED"
+        savepoint = _stop_with_savepoint(restored, tmp_path / "checkpoints")
+    assert (savepoint / "_metadata").is_file()
+    record = json.loads((savepoint / "freshet-job.json").read_text())
+    assert record["job_id"] == restored.job_id, (
+        "`freshet job restore --from <savepoint>` finds the job's options"
+    )
+
+
+def _stop_with_savepoint(job: Driver, checkpoint_dir: Path) -> Path:
+    """``freshet job stop``: the job finishes with a savepoint, and its driver exits."""
+    stop = [sys.executable, "-m", "freshet.cli", "job", "stop", "--job-id", job.job_id, "--rest", job.rest_url,
+            "--checkpoint-dir", str(checkpoint_dir)]  # fmt: skip
+    answer = subprocess.run(stop, capture_output=True, text=True, timeout=120, check=False)
+    assert answer.returncode == 0, answer.stderr
+    savepoint = Path(json.loads(answer.stdout.splitlines()[-1])["savepoint"])
+    assert job.next_message(timeout_s=60) == {"job_id": job.job_id, "status": "FINISHED"}
+    job.proc.wait(timeout=60)
+    return savepoint
 
 
 def _wait_for_watermark(job: Driver, vertex_name: str, watermark_ms: int, timeout_s: float = 60) -> None:
