@@ -6,9 +6,9 @@ stops where the source's watermark reaches ``until`` (``freshet.offline.sources`
 
 * each windowed feature's column (the job's ``EngagementLogic`` features): the newest firing under
   ``freshet.windows``' rules, vectorized (``freshet.offline.windowed``);
-* the job's ELIGIBILITY delta (``EligibilityLogic``) of the item's newest attribute event;
+* the job's ELIGIBILITY cell (``EligibilityLogic``'s encoder) of the item's newest attribute event;
 * the job's EMBEDDING delta (``EmbeddingLogic``) of the item's newest publish event, from the item tower
-  of the named published model version, in batches of ``EMBED_BATCH`` items by ascending id.
+  of the named published model version, in batches of ``embed_batch`` items by ascending id.
 
 Point in time: no value uses an event from after ``until``. Windows fire only once the watermark passed
 their end; attribute and publish events timed after ``until`` are skipped (and counted). Among events of
@@ -32,9 +32,9 @@ from freshet.deltas import DecodedBatch, DeltaKind, decode_batch
 from freshet.errors import FreshetError
 from freshet.events import Event
 from freshet.job_logic import EligibilityLogic, EmbeddingLogic, EngagementLogic, windowed_sources
-from freshet.layout import TensorLayout
+from freshet.layout import REGION_ELIGIBILITY, TensorLayout
 from freshet.model import IndexModel
-from freshet.offline.columns import WindowedColumns
+from freshet.offline.columns import MEMO_LIMIT, WindowedColumns, memo_key
 from freshet.offline.eventlog import log_bytes, read_values, topic_files
 from freshet.offline.sources import Arrived, SourceReader, SourceStats
 from freshet.offline.windowed import final_column
@@ -44,7 +44,9 @@ from freshet.versions import eligibility_version, embedding_version
 
 Ints = npt.NDArray[np.int64]
 Consumer = Callable[[Sequence[Arrived]], None]
-#: publish records embedded per forward pass of the item tower
+#: publish records embedded per forward pass of the item tower. The tower's float32 results depend on the
+#: batch (CPU kernels block by batch size), so only ``embed_batch=1`` on both sides reproduces the job's
+#: embeddings bit for bit (the job batches by arrival and time: ``--embed-batch-size 1`` makes it per item).
 EMBED_BATCH = 1024
 
 
@@ -105,12 +107,14 @@ def backfill(
     models_root: Path,
     *,
     model_version: int | None = None,
+    embed_batch: int = EMBED_BATCH,
     progress: Progress | None = None,
 ) -> BackfillResult:
     """The model a replica holds once the stream logged in ``events_dir`` reached watermark ``until_ms``.
 
     ``until_ms=None`` is the end of the log, where a bounded job's last watermark fires every window.
-    ``model_version`` names the published version that embeds items (default: the newest).
+    ``model_version`` names the published version that embeds items (default: the newest); ``embed_batch``
+    is how many items it embeds per forward pass (see ``EMBED_BATCH``).
     """
     progress = progress or _Quiet()
     layout = feature_set.layout()
@@ -121,7 +125,7 @@ def backfill(
         for name, consumers in plan.consumers().items()
     }
     result = BackfillResult(IndexModel(layout, capacity=1), until_ms, sources)
-    parts = [plan.embeddings.cells(layout, published, progress)]
+    parts = [plan.embeddings.cells(layout, published, embed_batch, progress)]
     parts += [_feature_cells(columns, until_ms, result, progress) for columns in plan.windowed.values()]
     if plan.eligibility is not None:
         parts.append(plan.eligibility.cells(layout))
@@ -201,20 +205,55 @@ class _Latest:
         """What was kept of each item's newest event, by ascending item id."""
         return [self.best[item][1] for item in sorted(self.best)]
 
+    def ids_and_versions(self) -> tuple[Ints, Ints]:
+        """The items (ascending) and the versions of their newest events."""
+        ids = sorted(self.best)
+        return np.array(ids, dtype=np.int64), np.array([self.best[i][0] for i in ids], dtype=np.int64)
+
 
 @dataclass
 class _Eligibility:
-    """The job's ELIGIBILITY delta (``EligibilityLogic``) of each item's newest attribute event."""
+    """The ELIGIBILITY cell of each item's newest attribute event: what the job's ``EligibilityLogic.delta``
+    writes (its encoder's words, versioned by the event time), with the words memoized on the attributes
+    the rules and Bloom fields read (there are few distinct ones)."""
 
     latest: _Latest
 
     @classmethod
     def of(cls, feature_set: FeatureSet, source: str, until_ms: int | None) -> _Eligibility:
-        logic = EligibilityLogic.of(feature_set)
-        return cls(_Latest(source, until_ms, eligibility_version, logic.delta))
+        encoder = EligibilityLogic.of(feature_set).encoder
+        read = _eligibility_fields(feature_set)
+        memo: dict[tuple[object, ...], bytes] = {}
+
+        def keep(event: Event) -> tuple[int, bytes]:
+            key = tuple(memo_key(event.fields.get(name)) for name in read)
+            words = memo.get(key)
+            if words is None:
+                words = encoder.words(event.fields).tobytes()
+                if len(memo) < MEMO_LIMIT:
+                    memo[key] = words
+            return event.ts_ms, words
+
+        return cls(_Latest(source, until_ms, eligibility_version, keep))
 
     def cells(self, layout: TensorLayout) -> _Cells:
-        return _Cells.decoded(self.latest.winners(), DeltaKind.ELIGIBILITY, layout)
+        ids, versions_ = self.latest.ids_and_versions()
+        kept: list[tuple[int, bytes]] = self.latest.winners()
+        stamps = np.array([ts for ts, _ in kept], dtype=np.int64)
+        words = np.frombuffer(b"".join(w for _, w in kept), dtype=np.int64).reshape(
+            -1, layout.eligibility_words
+        )
+        regions = np.full(ids.shape, REGION_ELIGIBILITY, dtype=np.int64)
+        return _Cells(DeltaKind.ELIGIBILITY, ids, regions, versions_, stamps, words.copy())
+
+
+def _eligibility_fields(feature_set: FeatureSet) -> list[str]:
+    """The attributes eligibility words depend on: those the exact-bit rules test, and the Bloom fields."""
+    declared = feature_set.eligibility
+    if declared is None:
+        return []
+    tested = {test.field for rule in declared.bits for _, test in rule.when.tests("")}
+    return sorted(tested | {bloom.field for bloom in declared.bloom})
 
 
 @dataclass
@@ -234,12 +273,14 @@ class _Embeddings:
 
         return cls(_Latest(feature_set.embedding.source, until_ms, embedding_version, keep), logic)
 
-    def cells(self, layout: TensorLayout, published: PublishedModel, progress: Progress) -> _Cells:
+    def cells(
+        self, layout: TensorLayout, published: PublishedModel, batch: int, progress: Progress
+    ) -> _Cells:
         events = self.latest.winners()
         progress.stage(f"embedding with {published.name} v{published.version}", len(events))
         records: list[bytes] = []
-        for start in range(0, len(events), EMBED_BATCH):
-            chunk = events[start : start + EMBED_BATCH]
+        for start in range(0, len(events), batch):
+            chunk = events[start : start + batch]
             records += self.logic.deltas(published, chunk)
             progress.advance(len(chunk))
         return _Cells.decoded(records, DeltaKind.EMBEDDING, layout)

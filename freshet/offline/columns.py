@@ -24,7 +24,7 @@ from freshet.aggregators import stable_hash64
 from freshet.job_logic import WindowedFeature
 from freshet.offline.sources import Arrived
 
-_MEMO_LIMIT = 1 << 16
+MEMO_LIMIT = 1 << 16
 _SCALARS = (str, int, float, bool, type(None))
 
 
@@ -127,7 +127,7 @@ class WindowedColumns:
             bits = sum(
                 1 << i for i, f in enumerate(self.features) if f.filter is None or f.filter.matches(record)
             )
-            if len(self._masks) < _MEMO_LIMIT:
+            if len(self._masks) < MEMO_LIMIT:
                 self._masks[key] = bits
         return bits
 
@@ -136,7 +136,7 @@ class WindowedColumns:
         found = self._hashes.get(key)
         if found is None:
             found = stable_hash64(value)  # type: ignore[arg-type]  # a declared field kind it can hash
-            if len(self._hashes) < _MEMO_LIMIT:
+            if len(self._hashes) < MEMO_LIMIT:
                 self._hashes[key] = found
         return found
 

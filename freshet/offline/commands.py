@@ -51,6 +51,9 @@ def add_backfill_arguments(p: argparse.ArgumentParser) -> None:
                    help="watermark to compute the state at: epoch ms, ISO-8601 (…Z), or 'end'")  # fmt: skip
     p.add_argument("--models", type=Path, default=Path("models"), help="published models root")
     p.add_argument("--model-version", type=int, default=None, help="published version to embed with (newest)")
+    p.add_argument("--embed-batch", type=int, default=1024,
+                   help="items per forward pass of the item tower; float32 results depend on it: 1 reproduces a "
+                        "job run with --embed-batch-size 1 bit for bit")  # fmt: skip
     p.add_argument("--out", type=Path, required=True, help="snapshot root to publish the result under")
     p.add_argument("--quiet", action="store_true", help="no progress display")
 
@@ -68,7 +71,8 @@ def run_backfill(args: argparse.Namespace) -> int:
         feature_set = load_feature_set(args.defs)
         with _RichProgress(console, quiet=args.quiet) as progress:
             result = backfill(feature_set, args.events, args.until, args.models,
-                              model_version=args.model_version, progress=progress)  # fmt: skip
+                              model_version=args.model_version, embed_batch=args.embed_batch,
+                              progress=progress)  # fmt: skip
             progress.stage("writing the snapshot")
             path = write_snapshot(result.model, args.out, offsets={})
     except FreshetError as exc:
