@@ -20,6 +20,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rest-port", default="8081-8090", help="Flink web UI port range")
     parser.add_argument("--rate", type=float, default=300.0, help="engagement events per second")
     parser.add_argument("--posts", type=float, default=5.0, help="new posts per second")
+    parser.add_argument("--history", type=int, default=60, help="seconds of generated history sent first")
 
 
 def main(args: argparse.Namespace) -> int:
@@ -34,5 +35,6 @@ def main(args: argparse.Namespace) -> int:
             rest_ports=args.rest_port,
             engagements_per_s=args.rate,
             posts_per_s=args.posts,
+            history_seconds=args.history,
         )
     )

@@ -69,7 +69,7 @@ class LiveFeed(threading.Thread):
 
     def __init__(self, bootstrap: str, gen: FeedGenerator) -> None:
         super().__init__(name="demo-feed", daemon=True)
-        self._bootstrap, self._gen = bootstrap, gen
+        self._servers, self._gen = bootstrap, gen
         self._stop_event = threading.Event()
         self.sent: Counter[str] = Counter()
         self.malformed_sent = 0
@@ -78,7 +78,7 @@ class LiveFeed(threading.Thread):
         self._stop_event.set()
 
     def run(self) -> None:
-        producer = _producer(self._bootstrap)
+        producer = _producer(self._servers)
         started = time.monotonic()
         try:
             second = 0
@@ -98,7 +98,7 @@ class TopicCounter(threading.Thread):
 
     def __init__(self, bootstrap: str, topics: list[str]) -> None:
         super().__init__(name="demo-topic-counter", daemon=True)
-        self._bootstrap, self._topics = bootstrap, topics
+        self._servers, self._topics = bootstrap, topics
         self._stop_event = threading.Event()
         self.counts: Counter[str] = Counter()
 
@@ -107,7 +107,7 @@ class TopicCounter(threading.Thread):
 
     def run(self) -> None:
         consumer = KafkaConsumer(
-            bootstrap_servers=self._bootstrap, isolation_level="read_committed", enable_auto_commit=False
+            bootstrap_servers=self._servers, isolation_level="read_committed", enable_auto_commit=False
         )
         try:
             parts = [

@@ -31,8 +31,10 @@ class Scrape:
         return cls(at_s, samples)
 
     def total(self, name: str, **labels: str) -> float:
+        """Sum of the samples of ``name`` (a counter's ``_total`` sample included) matching ``labels``."""
         want = set(labels.items())
-        return sum(v for (n, ls), v in self.samples.items() if n == name and want <= set(ls))
+        names = {name, f"{name}_total"}
+        return sum(v for (n, ls), v in self.samples.items() if n in names and want <= set(ls))
 
     def buckets(self, name: str, signal: str) -> list[tuple[float, float]]:
         """``(upper bound, cumulative count)`` of one signal's histogram, ascending."""
