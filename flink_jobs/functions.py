@@ -115,7 +115,7 @@ class EventTime(TimestampAssigner):
 
 
 class WindowedFeatures(KeyedProcessFunction):
-    """Keyed by item id: the item's window states of one source's features, event-time timers at their due times.
+    """Keyed by item id: the item's window states of one source's features, and a timer at their next due time.
 
     The states are one ``ValueState`` (a picklable dict), cleared when no window is open, so state is
     bounded by the windows still inside their allowed lateness.
@@ -150,8 +150,11 @@ class WindowedFeatures(KeyedProcessFunction):
             self._states.update(step.states)
         else:
             self._states.clear()
-        for due_ms in set(self._logic.due_times_ms(step.states)) - set(self._logic.due_times_ms(old)):
-            ctx.timer_service().register_event_time_timer(due_ms)
+        # One timer per item, at its next due time: ``on_watermark`` then handles everything due by the
+        # current watermark at once (a timer per due time would call Python once for each of them).
+        due = self._logic.due_times_ms(step.states)
+        if due and due[:1] != self._logic.due_times_ms(old)[:1]:
+            ctx.timer_service().register_event_time_timer(due[0])
         key = encode_key(item_id).decode()
         for payload in step.deltas:
             yield Row(key, payload)

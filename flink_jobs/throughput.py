@@ -1,0 +1,164 @@
+"""Measure the delta job's engagement path end to end: Kafka → parse → windows → exactly-once Kafka sink.
+
+    python -m flink_jobs.throughput --events 50000 --out results.json
+
+Starts the embedded broker, publishes a small model, writes ``--events`` engagement events over ``--items``
+items to a topic with ``--partitions`` partitions, runs ``freshet job run`` against them, and reads the REST
+metrics of the window operator: the rate at which it consumed the events (first to last record in), and when
+the deltas of the last windows were committed. Also times the pure window logic alone (no Flink) as the
+ceiling a per-event Python operator can reach. Results are one JSON object (stdout, and ``--out``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+from flink_jobs.runtime import PROJECT_ROOT
+
+T0_MS = 1_700_000_000_000 - 1_700_000_000_000 % 86_400_000
+
+
+def engagement(n: int, items: int, step_ms: int, seed: int = 0) -> list[bytes]:
+    rng = random.Random(seed)
+    actions = ("like", "share", "comment", "view", "view", "view")
+    out = []
+    for i in range(n):
+        doc = {"item_id": rng.randrange(items), "ts": T0_MS + i * step_ms - rng.randrange(2_000),
+               "user_id": rng.randrange(100_000), "action": rng.choice(actions), "dwell_ms": rng.randrange(60_000)}  # fmt: skip
+        out.append(json.dumps(doc).encode())
+    return out
+
+
+def logic_rate(values: list[bytes]) -> float:
+    """Events/s of ``EventParser`` + ``EngagementLogic`` alone, with a state per item in a dict."""
+    from freshet.job_logic import EngagementLogic, EventParser
+    from freshet.spec import load_feature_set
+
+    feature_set = load_feature_set(PROJECT_ROOT / "feature_defs")
+    parse, logic = EventParser.of(feature_set, "engagement"), EngagementLogic(feature_set)
+    states: dict[int, Any] = {}
+    started = time.perf_counter()
+    max_ts = 0
+    for raw in values:
+        event = parse(raw)
+        max_ts = max(max_ts, event.ts_ms)  # type: ignore[union-attr]
+        step = logic.on_event(states.get(event.item_id, {}), event, max_ts - 5_001)  # type: ignore[union-attr, arg-type]
+        states[event.item_id] = step.states  # type: ignore[union-attr]
+    return len(values) / (time.perf_counter() - started)
+
+
+def _get(url: str) -> Any:
+    with urllib.request.urlopen(url, timeout=10) as response:
+        return json.load(response)
+
+
+def measure(args: argparse.Namespace) -> dict[str, Any]:
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    import kafka_helpers
+    from kafka import KafkaProducer
+
+    from freshet.broker import EmbeddedBroker
+    from freshet.publish import publish_model
+    from freshet.spec import load_feature_set
+    from freshet.towers import TowerConfig, TwoTower
+
+    work = Path(tempfile.mkdtemp(prefix="freshet-throughput-"))
+    layout = load_feature_set(PROJECT_ROOT / "feature_defs").layout()
+    publish_model(work / "models", "two_tower",
+                  TwoTower(TowerConfig(("user_id",), layout.embedding_dim, 1024, 32),
+                           TowerConfig(("title", "text", "topic", "author_id"), layout.embedding_dim, 1024, 32)),
+                  layout_hash=layout.layout_hash)  # fmt: skip
+    values = engagement(args.events, args.items, args.step_ms)
+    broker = EmbeddedBroker(work_dir=work / "broker").start()
+    try:
+        servers = broker.bootstrap_servers
+        for topic, partitions in (("engagement", args.partitions), ("items.published", 1), ("item.attributes", 1),
+                                  ("engagement.late", 1), ("freshet.deltas", 3), ("freshet.dlq", 1)):  # fmt: skip
+            kafka_helpers.create_topic(servers, topic, partitions)
+        producer = KafkaProducer(bootstrap_servers=servers, linger_ms=20, batch_size=256 * 1024)
+        for value in values:
+            producer.send("engagement", value=value)
+        producer.flush()
+        producer.close()
+        result = _run_job(args, servers, work, values)
+        result["logic_only_events_per_s"] = round(logic_rate(values[: min(len(values), 20_000)]))
+        return result
+    finally:
+        broker.stop()
+
+
+def _run_job(args: argparse.Namespace, servers: str, work: Path, values: list[bytes]) -> dict[str, Any]:
+    argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", servers, "--models", str(work / "models"),
+            "--checkpoint-dir", str(work / "checkpoints"), "--log-dir", str(work / "flink-log"),
+            "--checkpoint-interval-ms", str(args.checkpoint_interval_ms), "--parallelism", str(args.parallelism),
+            "--conf", "metrics.fetcher.update-interval=500"]  # fmt: skip
+    for conf in args.conf or ():
+        argv += ["--conf", conf]
+    proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=(work / "driver.err").open("w"), text=True,
+                            start_new_session=True)  # fmt: skip
+    assert proc.stdout is not None
+    try:
+        started = json.loads(proc.stdout.readline())
+        return _observe(started["rest_url"], started["job_id"], len(values))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=120)
+
+
+def _observe(rest: str, job_id: str, n: int, timeout_s: float = 900) -> dict[str, Any]:
+    job = _get(f"{rest}/jobs/{job_id}")
+    vertex = next(v["id"] for v in job["vertices"] if "windows engagement" in v["name"])
+    samples: list[tuple[float, int]] = []
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        subtasks = _get(f"{rest}/jobs/{job_id}/vertices/{vertex}")["subtasks"]
+        samples.append((time.monotonic(), sum(int(s["metrics"]["read-records"]) for s in subtasks)))
+        if samples[-1][1] >= n:
+            break
+        time.sleep(0.5)
+    first = next((t for t, count in samples if count > 0), samples[-1][0])
+    last_t, last_count = samples[-1]
+    checkpoints = _get(f"{rest}/jobs/{job_id}/checkpoints")
+    return {
+        "events": n,
+        "events_read_by_window_operator": last_count,
+        "seconds_first_to_last_event": round(last_t - first, 2),
+        "window_operator_events_per_s": round(last_count / max(last_t - first, 1e-9)),
+        "checkpoints_completed": checkpoints["counts"]["completed"],
+        "checkpoint_duration_ms_avg": checkpoints["summary"]["end_to_end_duration"]["avg"],
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--items", type=int, default=5_000)
+    parser.add_argument("--partitions", type=int, default=2)
+    parser.add_argument("--step-ms", type=int, default=50, help="event time between consecutive events")
+    parser.add_argument("--parallelism", type=int, default=1)
+    parser.add_argument("--checkpoint-interval-ms", type=int, default=1_000)
+    parser.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Flink option for the job")
+    parser.add_argument("--out", type=Path)
+    args = parser.parse_args(argv)
+    result = {"machine": {"cpus": __import__("os").cpu_count()}, **vars(args), **measure(args)}
+    result["out"] = str(args.out) if args.out else None
+    text = json.dumps(result, indent=2, default=str)
+    print(text)
+    if args.out:
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
