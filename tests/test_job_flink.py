@@ -268,7 +268,7 @@ def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
     with running(setup.run_argv(tmp_path), tmp_path) as job:
         _wait_for_watermark(job, "windows engagement", watermark_ms)
         setup.produce([*late, SENTINEL])
-        records = _read_until(setup.servers, setup.deltas, expected, timeout_s=90, job=job)
+        records = _read_until(setup.servers, setup.deltas, expected, timeout_s=180, job=job)
         elapsed = time.monotonic() - started
         _check_deltas(records, expected)
         _check_applied(records, expected)
@@ -292,6 +292,7 @@ def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
                       json.loads(r.value)["raw"].encode("latin-1")) for r in dlq)  # fmt: skip
         assert sorted(set(got)) == sorted((s, reason, raw) for s, (raw, reason) in BAD.items())
         assert _counters(job, ".rejected_") == {reason: 1 for _, reason in BAD.values()}
+        _check_model_swaps(setup, job)
 
         assert job.rest("")["state"] == "RUNNING", "bad input never stops the job"
         assert job.rest("/exceptions").get("exceptionHistory", {}).get("entries", []) == []
@@ -326,7 +327,7 @@ def test_a_job_cancelled_mid_stream_and_restored_ends_as_if_never_stopped(
     with running(restore, tmp_path / "run2") as restored:
         latest = restored.rest("/checkpoints")["latest"]["restored"]
         assert Path(latest["external_path"].removeprefix("file:")).parent == checkpoints.resolve()
-        records = _read_until(setup.servers, setup.deltas, expected, timeout_s=90, job=restored)
+        records = _read_until(setup.servers, setup.deltas, expected, timeout_s=180, job=restored)
         _check_deltas(records, expected)
         _check_applied(records, expected)
         savepoint = _stop_with_savepoint(restored, tmp_path / "checkpoints")
@@ -347,6 +348,32 @@ def _stop_with_savepoint(job: Driver, checkpoint_dir: Path) -> Path:
     assert job.next_message(timeout_s=60) == {"job_id": job.job_id, "status": "FINISHED"}
     job.proc.wait(timeout=60)
     return savepoint
+
+
+def _check_model_swaps(setup: Setup, job: Driver) -> None:
+    """A newer published model is used without a restart; one that fails a check is counted and the old kept."""
+    publish_model(setup.models, "two_tower", two_tower(1), layout_hash="0" * 16)  # v2: another layout
+    _embed_and_check(setup, job, [21, 22], tower_seed=0, model_version=1)
+    assert _counters(job, ".model_rejected_") == {"layout_hash": 1}
+    publish_model(setup.models, "two_tower", two_tower(2), layout_hash=LAYOUT.layout_hash)  # v3
+    _embed_and_check(setup, job, [31, 32], tower_seed=2, model_version=3)
+
+
+def _embed_and_check(setup: Setup, job: Driver, ids: list[int], tower_seed: int, model_version: int) -> None:
+    docs = item_docs(ids, start_ms=T0_MS + 7 * 86_400_000)
+    setup.produce([], encode_docs(docs))
+    deadline, got = time.monotonic() + 30, {}
+    while time.monotonic() < deadline and got.keys() != set(ids):
+        records = kafka_helpers.read_topic(setup.servers, setup.deltas, timeout_s=2)
+        deltas = (decode_delta(r.value, LAYOUT) for r in records)
+        got = {d.item_id: d for d in deltas if d.kind == DeltaKind.EMBEDDING and d.item_id in ids}
+    if got.keys() != set(ids):
+        job.fail(f"embeddings of {ids} not committed within 30 s: {sorted(got)}")
+    vectors = two_tower(tower_seed).item_tower.embed(docs).numpy()
+    for doc, vector in zip(docs, vectors, strict=True):
+        delta = got[doc["item_id"]]
+        assert (delta.model_version, delta.version) == (model_version, embedding_version(doc["created_at"]))
+        np.testing.assert_allclose(delta.values, vector, rtol=0, atol=1e-6)
 
 
 def _wait_for_watermark(job: Driver, vertex_name: str, watermark_ms: int, timeout_s: float = 60) -> None:
