@@ -80,7 +80,7 @@ def windowed_sources(feature_set: FeatureSet) -> list[str]:
     """Sources that have windowed features, in declaration order.
 
     >>> from freshet.spec import load_feature_set
-    >>> windowed_sources(load_feature_set("feature_defs"))
+    >>> windowed_sources(load_feature_set(Path(__file__).parent.parent / "feature_defs"))
     ['engagement']
     """
     return list(dict.fromkeys(f.source for f in feature_set.features))
