@@ -188,3 +188,20 @@ def test_two_replicas_compare_in_full_with_the_admin_token(tmp_path: Path, repli
     full = compare(open_side(str(other), LAYOUT), tokened, LAYOUT)
     assert [d.item_id for d in full.differences] == [104] and full.total_differing == 1
     assert not any(line.startswith("fetched") for line in full.headline), "compared in full, not item by item"
+
+
+def test_an_embedding_one_ulp_apart_is_shown_at_full_precision(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    nudged = deltas()
+    vector = nudged[0].values.copy()
+    vector[5] = np.nextafter(vector[5], np.float32(np.inf))  # what a different batch of the item tower gives
+    nudged[0] = Delta(DeltaKind.EMBEDDING, ITEMS[0], REGION_EMBEDDING, embedding_version(T0), T0, vector)
+    a = write_snapshot(model_of(deltas()), tmp_path / "a", offsets={})
+    b = write_snapshot(model_of(nudged), tmp_path / "b", offsets={})
+    assert cli_main(verify(str(a), str(b))) == 1
+    out = capsys.readouterr().out.splitlines()
+    at = out.index(f"item {ITEMS[0]}:")
+    assert out[at + 1].startswith("  embedding: A [") and len(out) == at + 3
+    before = float(deltas()[0].values[5])
+    assert out[at + 2] == f"    1 values differ, first [5]: A {before!r} | B {float(vector[5])!r}"

@@ -82,6 +82,8 @@ class Report:
             yield f"item {diff.item_id}:"
             for region, (a, b) in diff.regions.items():
                 yield f"  {region}: {names[0]} {_show(a)} | {names[1]} {_show(b)}"
+                if a is not None and b is not None and isinstance(a[0], tuple) and isinstance(b[0], tuple):
+                    yield from _first_value_apart(a[0], b[0], names)
         if self.total_differing is not None and self.total_differing > len(self.differences):
             yield f"(first {len(self.differences)} of {self.total_differing} differing items)"
 
@@ -95,6 +97,14 @@ def _show(cell: tuple[Value, int] | None) -> str:
     else:
         shown = "none" if value is None else repr(list(value) if isinstance(value, tuple) else value)
     return f"{shown} @ {_version(version)}"
+
+
+def _first_value_apart(a: tuple[float, ...], b: tuple[float, ...], names: tuple[str, str]) -> Iterator[str]:
+    """Where two vectors first differ, at full precision (their shortened forms may look alike)."""
+    apart = [i for i, (x, y) in enumerate(zip(a, b, strict=False)) if _bits(x) != _bits(y)]
+    if apart:
+        i = apart[0]
+        yield f"    {len(apart)} values differ, first [{i}]: {names[0]} {a[i]!r} | {names[1]} {b[i]!r}"
 
 
 def _version(version: int) -> str:
