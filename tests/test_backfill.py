@@ -374,3 +374,10 @@ def test_cli_writes_a_standard_snapshot(
     assert model.digest() == manifest.digest == summary["digest"]
     assert summary["until_ms"] == UNTIL_MS
     assert model.digest() == backfill(feature_set, events_dir, UNTIL_MS, models).model.digest()
+
+
+def test_a_directory_without_any_log_is_refused(
+    tmp_path: Path, feature_set: FeatureSet, models: Path
+) -> None:
+    with pytest.raises(BackfillError, match=r"no \*\.jsonl or \*\.parquet under any of .*engagement/"):
+        backfill(feature_set, tmp_path / "typo", UNTIL_MS, models)

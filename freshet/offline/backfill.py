@@ -20,7 +20,7 @@ the result is a standard model for ``freshet.snapshot.write_snapshot``.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -120,6 +120,7 @@ def backfill(
     layout = feature_set.layout()
     published = load_model(feature_set, models_root, model_version)
     plan = _Plan.of(feature_set, until_ms)
+    _check_log(feature_set, Path(events_dir), plan.consumers())
     sources = {
         name: _read_source(feature_set, name, Path(events_dir), until_ms, consumers, progress)
         for name, consumers in plan.consumers().items()
@@ -160,6 +161,14 @@ def load_model(feature_set: FeatureSet, models_root: Path, version: int | None) 
 
 
 # ---------------------------------------------------------------- reading
+
+
+def _check_log(feature_set: FeatureSet, events_dir: Path, sources: Mapping[str, object]) -> None:
+    """Refuse a directory that holds no log of any source read (a wrong path would give an empty model)."""
+    topics = [feature_set.source(name).topic for name in sources]
+    if not any(topic_files(events_dir, topic) for topic in topics):
+        raise BackfillError(f"{events_dir}: no *.jsonl or *.parquet under any of {', '.join(f'{t}/' for t in topics)}"
+                            "; see freshet.offline.eventlog for the layout, `freshet feed` writes one")  # fmt: skip
 
 
 def _read_source(

@@ -123,7 +123,7 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
     for column in ("source", "records", "events", "rejected by reason", "after until", "log cut"):
         table.add_column(column)
     for name, s in summary["sources"].items():
-        rejected = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "-"
+        rejected = "\n".join(f"{k} {v:,}" for k, v in s["rejected"].items()) or "-"
         after = summary["after_until"].get(name, 0)
         table.add_row(
             name, f"{s['records']:,}", f"{s['events']:,}", rejected, f"{after:,}", "yes" if s["cut"] else "no"
