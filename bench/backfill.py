@@ -99,6 +99,7 @@ def published_models(feature_set: FeatureSet, root: Path) -> Path:
 def run(events: int, fmt: Format, until_before_end_s: int | None) -> dict[str, Any]:
     feature_set = load_feature_set(ROOT / "feature_defs")
     log, end_ms, write_s = feed_log(events, fmt)
+    load_before = os.getloadavg()[0]
     if until_before_end_s is None:  # ten minutes, or a twentieth of a shorter feed
         until_before_end_s = min(600, (end_ms - START_MS) // 20_000)
     until_ms = end_ms - 1000 * until_before_end_s
@@ -136,6 +137,8 @@ def run(events: int, fmt: Format, until_before_end_s: int | None) -> dict[str, A
         "feed_generate_and_write_s": round(write_s, 2),
         "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024),
         "cpus": os.cpu_count(),
+        "load_average_1m_before": round(load_before, 2),  # the machine is shared: timings move with it
+        "load_average_1m_after": round(os.getloadavg()[0], 2),
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "numpy": np.__version__,
