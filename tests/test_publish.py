@@ -116,3 +116,12 @@ def test_training_learns_the_synthetic_affinity() -> None:
     q = model.query_tower.embed([{"user_id": 1000, "interests": "cars"}])
     items = model.item_tower.embed([{"topic": t, "author_id": 3} for t in topics])
     assert topics[int((q @ items.T).argmax())] == "cars"
+
+
+def test_embeddings_do_not_depend_on_the_batch_around_them() -> None:
+    tower = make_model().item_tower
+    items = [{"topic": f"t{i % 5} x{i}", "author_id": i} for i in range(300)]
+    full = tower.embed(items)
+    for start, size in ((0, 1), (5, 7), (64, 64), (299, 1), (17, 250)):
+        assert torch.equal(tower.embed(items[start : start + size]), full[start : start + size])
+    assert tower.embed([]).shape == (0, DIM)
