@@ -270,7 +270,13 @@ def submit(settings: JobSettings) -> JobClient:
     from freshet.spec import load_feature_set
 
     feature_set = load_feature_set(settings.defs)
-    flink = replace(settings.flink, extra={"pipeline.name": settings.job_name, **settings.flink.extra})
+    defaults = {
+        "pipeline.name": settings.job_name,
+        # Items whose window states the Python worker keeps decoded (default 1000): a miss is a blocking
+        # round trip to the JVM per event. 20000 measured ~35% more events/s with 5000 active items.
+        "python.state.cache-size": "20000",
+    }
+    flink = replace(settings.flink, extra={**defaults, **settings.flink.extra})
     env, t_env = runtime.table_environment(flink)
     used = [*windowed_sources(feature_set), feature_set.embedding.source]
     if feature_set.eligibility is not None:
