@@ -4,8 +4,8 @@
 
 Starts the embedded broker, publishes a small model, writes ``--events`` engagement events over ``--items``
 items to a topic with ``--partitions`` partitions, runs ``freshet job run`` against them, and reads the REST
-metrics of the window operator: the rate at which it consumed the events (first to last record in), and when
-the deltas of the last windows were committed. Also times the pure window logic alone (no Flink) as the
+metrics of the window operator: the rate at which it consumed the events (first to last record in). Then it
+times single attribute events to their committed deltas (latency). Also times the pure window logic alone (no Flink) as the
 ceiling a per-event Python operator can reach. Results are one JSON object (stdout, and ``--out``).
 """
 
@@ -109,10 +109,67 @@ def _run_job(args: argparse.Namespace, servers: str, work: Path, values: list[by
     assert proc.stdout is not None
     try:
         started = json.loads(proc.stdout.readline())
-        return _observe(started["rest_url"], started["job_id"], len(values))
+        result = _observe(started["rest_url"], started["job_id"], len(values))
+        result.update(_latency(servers, args.latency_probes))
+        return result
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=120)
+
+
+def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, Any]:
+    """Event → committed delta, in wall-clock seconds, on the eligibility path (a delta per event, no window
+    to wait for): Python bundles plus the checkpoint that commits the Kafka transaction. A windowed feature
+    adds its event-time wait (window end + out-of-orderness) on top."""
+    sys.path.insert(0, str(PROJECT_ROOT / "tests"))
+    import kafka_helpers
+    from kafka import KafkaProducer
+
+    from freshet.deltas import DeltaKind, decode_delta
+    from freshet.spec import load_feature_set
+
+    layout = load_feature_set(PROJECT_ROOT / "feature_defs").layout()
+    consumer = kafka_helpers.assigned_consumer(servers, "freshet.deltas", "read_committed")
+    kafka_helpers.drain(consumer, timeout_s=5)
+    producer = KafkaProducer(bootstrap_servers=servers, linger_ms=0)
+    sent: dict[int, float] = {}
+    seen: dict[int, float] = {}
+    base_id = 10**12
+    for i in range(probes):
+        doc = {"item_id": base_id + i, "ts": T0_MS + i, "policy_status": "approved", "language": "en",
+               "region": "PT", "nsfw": False, "media_type": "text", "duration_s": 0}  # fmt: skip
+        producer.send("item.attributes", value=json.dumps(doc).encode()).get(timeout=10)
+        sent[base_id + i] = time.monotonic()
+        _collect(consumer, seen, layout, DeltaKind, decode_delta, spacing_s)
+    deadline = time.monotonic() + 30
+    while len(seen) < probes and time.monotonic() < deadline:
+        _collect(consumer, seen, layout, DeltaKind, decode_delta, 0.05)
+    producer.close()
+    consumer.close()
+    latencies = sorted(seen[i] - sent[i] for i in seen if i in sent)
+    if not latencies:
+        return {"latency_probes": probes, "latency_seen": 0}
+    return {
+        "latency_probes": probes,
+        "latency_seen": len(latencies),
+        "event_to_committed_delta_s_p50": round(latencies[len(latencies) // 2], 3),
+        "event_to_committed_delta_s_max": round(latencies[-1], 3),
+    }
+
+
+def _collect(
+    consumer: Any, seen: dict[int, float], layout: Any, kind: Any, decode: Any, wait_s: float
+) -> None:
+    deadline = time.monotonic() + wait_s
+    while True:
+        for batch in consumer.poll(timeout_ms=20).values():
+            now = time.monotonic()
+            for record in batch:
+                delta = decode(record.value, layout)
+                if delta.kind == kind.ELIGIBILITY:
+                    seen.setdefault(delta.item_id, now)
+        if time.monotonic() >= deadline:
+            return
 
 
 def _observe(rest: str, job_id: str, n: int, timeout_s: float = 900) -> dict[str, Any]:
@@ -147,6 +204,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--step-ms", type=int, default=50, help="event time between consecutive events")
     parser.add_argument("--parallelism", type=int, default=1)
     parser.add_argument("--checkpoint-interval-ms", type=int, default=1_000)
+    parser.add_argument("--latency-probes", type=int, default=20, help="attribute events timed one by one")
     parser.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Flink option for the job")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
