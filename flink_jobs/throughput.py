@@ -5,8 +5,8 @@
 Starts the embedded broker, publishes a small model, writes ``--events`` engagement events over ``--items``
 items to a topic with ``--partitions`` partitions, runs ``freshet job run`` against them, and reads the REST
 metrics of the window operator: the rate at which it consumed the events (first to last record in). Then it
-times single attribute events to their committed deltas (latency). Also times the pure window logic alone (no Flink) as the
-ceiling a per-event Python operator can reach. Results are one JSON object (stdout, and ``--out``).
+times single attribute events to their committed deltas (latency), and the pure window logic alone (no
+Flink): the ceiling a per-event Python operator can reach. Results are one JSON object (stdout, and ``--out``).
 """
 
 from __future__ import annotations
