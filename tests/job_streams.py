@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from freshet.deltas import DeltaKind, decode_batch
 from freshet.events import Event
@@ -22,6 +23,7 @@ from freshet.job_logic import EngagementLogic, States
 from freshet.layout import TensorLayout
 from freshet.replay import StreamReplay
 from freshet.spec import FeatureSet, load_feature_set
+from freshet.towers import TowerConfig, TwoTower
 from freshet.windows import Dropped, Fire, Late, WindowedAggregate, version_for
 
 FEATURE_DEFS = Path(__file__).resolve().parent.parent / "feature_defs"
@@ -91,6 +93,17 @@ def _attributes(rng: random.Random, item: int, ts: int) -> dict[str, Any]:
     return {"item_id": item, "ts": ts, "policy_status": rng.choice(["approved", "pending", "removed"]),
             "language": rng.choice(["en", "pt", "de"]), "region": rng.sample(["PT", "BR", "US", "DE"], 2),
             "nsfw": rng.random() < 0.2, "media_type": media, "duration_s": rng.choice([5, 59.5, 60, 600])}  # fmt: skip
+
+
+def two_tower(seed: int = 0, hidden: int = 16) -> TwoTower:
+    """A small untrained two-tower model for the social-feed layout (deterministic per seed)."""
+    feature_set = social_feed()
+    torch.manual_seed(seed)
+    dim = feature_set.layout().embedding_dim
+    return TwoTower(
+        TowerConfig(("user_id",), dim, buckets=256, hidden=hidden),
+        TowerConfig(tuple(feature_set.embedding.input_fields), dim, buckets=256, hidden=hidden),
+    )
 
 
 def encode_docs(docs: Iterable[dict[str, Any]]) -> list[bytes]:

@@ -40,8 +40,8 @@ from job_streams import (
     item_docs,
     oracle_feature_rows,
     social_feed,
+    two_tower,
 )
-from test_job_logic import two_tower
 
 from flink_jobs import connector
 from freshet.broker import EmbeddedBroker

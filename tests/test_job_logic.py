@@ -9,7 +9,6 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from job_streams import (
     T0_MS,
     LogicRun,
@@ -20,6 +19,7 @@ from job_streams import (
     item_docs,
     oracle_feature_rows,
     social_feed,
+    two_tower,
 )
 
 from freshet.deltas import DeltaKind, decode_delta
@@ -35,7 +35,6 @@ from freshet.job_logic import (
 )
 from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING
 from freshet.publish import publish_model
-from freshet.towers import TowerConfig, TwoTower
 from freshet.versions import eligibility_version, embedding_version, feature_version
 from freshet.watermarks import watermarks_after_each
 from freshet.windows import END_OF_STREAM, NO_WATERMARK
@@ -221,15 +220,6 @@ def test_eligibility_deltas_are_the_encoder_words_versioned_by_event_time() -> N
 
 
 # ------------------------------------------------------------------ embeddings
-
-
-def two_tower(seed: int = 0, hidden: int = 16) -> TwoTower:
-    torch.manual_seed(seed)
-    dim = LAYOUT.embedding_dim
-    return TwoTower(
-        TowerConfig(("user_id",), dim, buckets=256, hidden=hidden),
-        TowerConfig(tuple(FS.embedding.input_fields), dim, buckets=256, hidden=hidden),
-    )
 
 
 def test_embeddings_come_from_the_newest_compatible_model(tmp_path: Path) -> None:
