@@ -29,7 +29,7 @@ HELP = "run, restore, submit or stop the Flink delta job (raw events → tensor 
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    from flink_jobs.deltas_job import add_job_arguments
+    from flink_jobs.options import add_job_arguments
     from flink_jobs.runtime import DEFAULT_REST_PORTS
 
     sub = parser.add_subparsers(dest="job_command", required=True, metavar="ACTION")
@@ -79,15 +79,15 @@ def main(args: argparse.Namespace) -> int:
 
 
 def _run(args: argparse.Namespace, restore_path: str | None) -> int:
-    from flink_jobs.deltas_job import settings_from_args
     from flink_jobs.driver import run_attached
+    from flink_jobs.options import settings_from_args
 
     return run_attached(settings_from_args(args, restore_path))
 
 
 def _restorable(args: argparse.Namespace) -> tuple[argparse.Namespace, str]:
     """The options of the job that wrote the checkpoint, overridden by those given now, and the path."""
-    from flink_jobs.deltas_job import add_job_arguments, find_job_record
+    from flink_jobs.options import add_job_arguments, find_job_record
 
     checkpoint = resolve_checkpoint(Path(args.restore_from))
     record = find_job_record(checkpoint)
@@ -121,7 +121,7 @@ def resolve_checkpoint(path: Path) -> Path:
 
 def submit_command(args: argparse.Namespace, flink: str, restore_path: str | None = None) -> list[str]:
     """The ``flink run`` command line that submits the delta job, detached, with its Python files shipped."""
-    from flink_jobs.deltas_job import settings_argv, settings_from_args
+    from flink_jobs.options import settings_argv, settings_from_args
     from flink_jobs.runtime import PROJECT_ROOT
 
     settings = settings_from_args(args)

@@ -25,12 +25,13 @@ from flink_jobs import runtime
 if TYPE_CHECKING:
     from pyflink.common import JobClient
 
-    from flink_jobs.deltas_job import JobSettings
+    from flink_jobs.options import JobSettings
 
 
 def run_attached(settings: JobSettings) -> int:
     """Submit the delta job here and wait until it ends or a signal asks to cancel it; 0 unless it failed."""
-    from flink_jobs.deltas_job import job_record, submit, write_job_record
+    from flink_jobs.deltas_job import submit
+    from flink_jobs.options import job_record, write_job_record
 
     stop = threading.Event()
     for signum in (signal.SIGINT, signal.SIGTERM):

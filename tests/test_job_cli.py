@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 from flink_jobs import cli
-from flink_jobs.deltas_job import (
+from flink_jobs.options import (
     JOB_FILE,
     add_job_arguments,
     find_job_record,
