@@ -16,7 +16,6 @@ previous one is kept for a one-call rollback.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import re
@@ -32,6 +31,7 @@ from typing import Any
 import torch
 
 from freshet.errors import FreshetError
+from freshet.files import fsync_path, sha256_file
 from freshet.towers import Tower, TowerConfig, TwoTower
 
 MANIFEST = "manifest.json"
@@ -54,18 +54,6 @@ class PublishedModel:
     item_tower: Tower
     path: Path
     manifest: Mapping[str, Any] = field(repr=False)
-
-
-def _sha256(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def versions(root: Path, name: str) -> list[int]:
@@ -94,7 +82,7 @@ def publish_model(
     try:
         _write_version(tmp, name, version, model, layout_hash)
         os.rename(tmp, final)
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -109,7 +97,7 @@ def _write_version(tmp: Path, name: str, version: int, model: TwoTower, layout_h
         torch.save(tower.state_dict(), path)
         with path.open("rb") as f:
             os.fsync(f.fileno())
-        files[path.name] = {"sha256": _sha256(path), "size": path.stat().st_size}
+        files[path.name] = {"sha256": sha256_file(path), "size": path.stat().st_size}
     manifest = {
         "format_version": FORMAT_VERSION,
         "name": name,
@@ -123,7 +111,7 @@ def _write_version(tmp: Path, name: str, version: int, model: TwoTower, layout_h
         json.dump(manifest, f, indent=2)
         f.flush()
         os.fsync(f.fileno())
-    _fsync_dir(tmp)
+    fsync_path(tmp)
 
 
 def load_published(path: Path, *, layout_hash: str, dim: int) -> PublishedModel:
@@ -175,7 +163,7 @@ def _check_files(path: Path, manifest: Mapping[str, Any]) -> None:
             raise ModelError(
                 f"{file}: size {file.stat().st_size} != {meta['size']} in the manifest (truncated?)"
             )
-        if _sha256(file) != meta["sha256"]:
+        if sha256_file(file) != meta["sha256"]:
             raise ModelError(f"{file}: sha256 does not match the manifest (corrupt or altered)")
 
 

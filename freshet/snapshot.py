@@ -33,6 +33,7 @@ import numpy.typing as npt
 import pyarrow as pa
 
 from freshet.errors import FreshetError
+from freshet.files import fsync_path, sha256_file, write_synced
 from freshet.layout import TensorLayout
 from freshet.model import IndexModel
 from freshet.model_state import ARRAY_NAMES, ModelState, state_digest
@@ -115,8 +116,8 @@ def write_snapshot(
     try:
         files = _write_arrays(tmp, state)
         manifest = _manifest_of(state, offsets, topic, flink_checkpoint, files)
-        _write_synced(tmp / MANIFEST, manifest.to_json().encode())
-        _fsync_dir(tmp)
+        write_synced(tmp / MANIFEST, manifest.to_json().encode())
+        fsync_path(tmp)
         return _publish(tmp, root)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
@@ -157,8 +158,8 @@ def _write_arrays(directory: Path, state: ModelState) -> dict[str, dict[str, Any
             pa.ipc.new_file(sink, pa.schema([("values", flat.type)])) as out,
         ):
             out.write_batch(pa.record_batch([flat], names=["values"]))
-        _fsync(path)
-        files[path.name] = {"sha256": _sha256(path), "bytes": path.stat().st_size}
+        fsync_path(path)
+        files[path.name] = {"sha256": sha256_file(path), "bytes": path.stat().st_size}
     return files
 
 
@@ -172,7 +173,7 @@ def _publish(tmp: Path, root: Path) -> Path:
             if final.exists():
                 continue
             raise
-        _fsync_dir(root)
+        fsync_path(root)
         return final
     raise SnapshotError(f"{root}: could not find a free snapshot name")
 
@@ -180,29 +181,6 @@ def _publish(tmp: Path, root: Path) -> Path:
 def _next_seq(root: Path) -> int:
     seqs = [int(m.group(1)) for p in root.iterdir() if (m := _NAME.match(p.name))]
     return max(seqs, default=0) + 1
-
-
-def _write_synced(path: Path, data: bytes) -> None:
-    with open(path, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _fsync(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-_fsync_dir = _fsync
-
-
-def _sha256(path: Path) -> str:
-    with open(path, "rb") as f:
-        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 # ---------------------------------------------------------------- reading
@@ -257,7 +235,7 @@ def _verify_files(path: Path, manifest: Manifest) -> None:
             )
     with ThreadPoolExecutor(max_workers=2) as pool:  # hashlib releases the GIL: hash files on both cores
         digests = dict(
-            zip(manifest.files, pool.map(_sha256, [path / n for n in manifest.files]), strict=True)
+            zip(manifest.files, pool.map(sha256_file, [path / n for n in manifest.files]), strict=True)
         )
     for name, entry in manifest.files.items():
         if digests[name] != entry["sha256"]:

@@ -95,7 +95,7 @@ def test_a_failed_write_leaves_no_snapshot(tmp_path: Path, monkeypatch: pytest.M
     def boom(*args: object) -> None:
         raise OSError("disk full")
 
-    monkeypatch.setattr("freshet.snapshot._write_synced", boom)
+    monkeypatch.setattr("freshet.snapshot.write_synced", boom)
     with pytest.raises(OSError, match="disk full"):
         write_snapshot(live_model(), tmp_path, {})
     assert list(tmp_path.iterdir()) == []
