@@ -13,15 +13,10 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import json
-import os
-import queue
 import shutil
 import subprocess
 import sys
-import threading
 import time
-import urllib.request
 from collections import defaultdict
 from collections.abc import Iterator
 from pathlib import Path
@@ -29,6 +24,7 @@ from typing import Any
 
 import kafka_helpers
 import pytest
+from flink_driver import DriverProcess, stop_group
 from flink_smoke_job import CHECKPOINT_INTERVAL_MS, transform
 from kafka.partitioner.default import murmur2
 
@@ -56,45 +52,8 @@ def _require_flink() -> None:
         pytest.fail(str(exc), pytrace=False)
 
 
-class SmokeJob:
+class SmokeJob(DriverProcess):
     """The driver process of ``flink_smoke_job.py`` and the REST API of the job it submitted."""
-
-    def __init__(self, proc: subprocess.Popen[str], work_dir: Path) -> None:
-        self.proc, self.work_dir = proc, work_dir
-        self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        started = self.next_message(timeout_s=120)
-        self.job_id: str = started["job_id"]
-        self.rest_url: str = started["rest_url"] or self.fail("the job's REST API was not found")
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-
-    def fail(self, message: str) -> Any:
-        log = (self.work_dir / "driver.err").read_text(errors="replace")[-3000:]
-        pytest.fail(
-            f"{message}\n--- driver stderr (tail) ---\n{log}\nFlink logs: {self.work_dir / 'flink-log'}"
-        )
-
-    def next_message(self, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                line = self._lines.get(timeout=0.5)
-                if line.startswith("{"):
-                    return dict(json.loads(line))
-            if self.proc.poll() is not None and self._lines.empty():
-                self.fail(f"the job driver exited with status {self.proc.returncode}")
-        return dict(self.fail(f"no message from the job driver within {timeout_s} s"))
-
-    def rest(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
-        data = None if body is None else json.dumps(body).encode()
-        request = urllib.request.Request(f"{self.rest_url}/jobs/{self.job_id}{path}", data=data)
-        request.add_header("Content-Type", "application/json")
-        with urllib.request.urlopen(request, timeout=10) as response:
-            return dict(json.load(response))
 
     def trigger_checkpoint(self, timeout_s: float = 60) -> int:
         """Trigger one checkpoint through the REST API and wait until it completed; returns its id."""
@@ -119,28 +78,6 @@ class SmokeJob:
         return message
 
 
-def _live_processes_in_group(pgid: int) -> list[int]:
-    """Pids whose process group is ``pgid`` and that are not zombies (Linux ``/proc``)."""
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-    return pids
-
-
-def _stop_group(pgid: int, timeout_s: float = 20) -> list[int]:
-    """Wait for every process of the group (driver, its JVM, Python workers) to end, then kill leftovers."""
-    deadline = time.monotonic() + timeout_s
-    while (left := _live_processes_in_group(pgid)) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if left:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, 9)
-    return left
-
-
 @contextlib.contextmanager
 def running_job(bootstrap: str, source: str, sink: str, work_dir: Path) -> Iterator[SmokeJob]:
     """Start the driver in its own process group; whatever happens, leave no process of it behind."""
@@ -161,7 +98,7 @@ def running_job(bootstrap: str, source: str, sink: str, work_dir: Path) -> Itera
     finally:
         with contextlib.suppress(OSError):
             proc.stdin.close()  # type: ignore[union-attr]
-        left = _stop_group(proc.pid)
+        left = stop_group(proc.pid)
         proc.wait()
     assert not left, (
         f"processes of the Flink job outlived it and were killed: {left}"

@@ -15,13 +15,11 @@ import contextlib
 import importlib.util
 import json
 import os
-import queue
 import random
 import shutil
 import signal
 import subprocess
 import sys
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
@@ -31,6 +29,7 @@ from typing import Any
 import kafka_helpers
 import numpy as np
 import pytest
+from flink_driver import DriverProcess, stop_group
 from job_streams import (
     T0_MS,
     attribute_docs,
@@ -82,61 +81,20 @@ def _require_flink() -> None:
         pytest.fail(str(exc), pytrace=False)
 
 
-class Driver:
+class Driver(DriverProcess):
     """``freshet job run`` in its own process group; its JSON lines on stdout; SIGTERM cancels the job."""
 
     def __init__(self, argv: list[str], work_dir: Path) -> None:
-        self.work_dir = work_dir
         with (work_dir / "driver.err").open("w") as err:
-            self.proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
-                                         text=True, start_new_session=True)  # fmt: skip
-        self._lines: queue.Queue[str] = queue.Queue()
-        threading.Thread(target=self._pump, daemon=True).start()
-        started = self.next_message(timeout_s=120)
-        self.job_id: str = started["job_id"]
-        self.rest_url: str = started["rest_url"] or self.fail("the job's REST API was not found")
-
-    def _pump(self) -> None:
-        assert self.proc.stdout is not None
-        for line in self.proc.stdout:
-            self._lines.put(line)
-
-    def fail(self, message: str) -> Any:
-        log = (self.work_dir / "driver.err").read_text(errors="replace")[-4000:]
-        pytest.fail(
-            f"{message}\n--- driver stderr (tail) ---\n{log}\nFlink logs: {self.work_dir / 'flink-log'}"
-        )
-
-    def next_message(self, timeout_s: float) -> dict[str, Any]:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            with contextlib.suppress(queue.Empty):
-                line = self._lines.get(timeout=0.5)
-                if line.startswith("{"):
-                    return dict(json.loads(line))
-            if self.proc.poll() is not None and self._lines.empty():
-                self.fail(f"the job driver exited with status {self.proc.returncode}")
-        return dict(self.fail(f"no message from the job driver within {timeout_s} s"))
-
-    def rest(self, path: str) -> dict[str, Any]:
-        with urllib.request.urlopen(f"{self.rest_url}/jobs/{self.job_id}{path}", timeout=10) as response:
-            return dict(json.load(response))
+            proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err,
+                                    text=True, start_new_session=True)  # fmt: skip
+        super().__init__(proc, work_dir)
 
     def cancel(self) -> dict[str, Any]:
         self.proc.send_signal(signal.SIGTERM)
         message = self.next_message(timeout_s=60)
         self.proc.wait(timeout=60)
         return message
-
-
-def _live_processes_in_group(pgid: int) -> list[int]:
-    pids = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        with contextlib.suppress(OSError):
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-            if int(fields[2]) == pgid and fields[0] != "Z":
-                pids.append(int(stat.parent.name))
-    return pids
 
 
 @contextlib.contextmanager
@@ -150,12 +108,7 @@ def running(argv: list[str], work_dir: Path) -> Any:
         if pid is not None:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGTERM)
-            deadline = time.monotonic() + 30
-            while (left := _live_processes_in_group(pid)) and time.monotonic() < deadline:
-                time.sleep(0.2)
-            if left:
-                with contextlib.suppress(ProcessLookupError):
-                    os.killpg(pid, signal.SIGKILL)
+            left = stop_group(pid, timeout_s=30)
             assert not left, f"processes of the Flink job outlived it and were killed: {left}"
 
 
