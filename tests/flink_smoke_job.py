@@ -10,20 +10,17 @@ closes, cancels the job, prints ``{"cancelled", "status"}`` and exits.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import os
-import signal
 import sys
-import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from flink_jobs import runtime
+from flink_jobs.driver import stop_children, wait_for_rest, wait_until_terminal
 from flink_jobs.sinks import KeyedBytesSink, keyed_bytes_row, keyed_bytes_table, keyed_bytes_type
 
 if TYPE_CHECKING:
-    from pyflink.common import JobClient
+    pass
 
 # No periodic checkpoint during the test (initial delay = min pause = interval): the test triggers the one
 # checkpoint it needs through the REST API, so "before" and "after" that checkpoint are under its control.
@@ -73,44 +70,11 @@ def main() -> None:
     result = keyed_bytes_table(t_env, out).execute_insert("sink")
     job_client = result.get_job_client()
     job_id = str(job_client.get_job_id())
-    print(json.dumps({"job_id": job_id, "rest_url": _wait_for_rest(job_id, settings.rest_ports)}), flush=True)
+    print(json.dumps({"job_id": job_id, "rest_url": wait_for_rest(job_id, settings.rest_ports)}), flush=True)
     sys.stdin.read()  # the test closes our stdin when it is done
     job_client.cancel().result()
-    print(json.dumps({"cancelled": job_id, "status": _wait_until_terminal(job_client)}), flush=True)
-    _stop_children()
-
-
-def _wait_until_terminal(job_client: JobClient) -> str:
-    """Block until the job ended; a cancelled job's result is a ``JobCancellationException``."""
-    try:
-        job_client.get_job_execution_result().result()
-    except Exception as exc:
-        return "CANCELED" if "JobCancellationException" in str(exc) else f"FAILED: {exc}"
-    return "FINISHED"
-
-
-def _stop_children(timeout_s: float = 15.0) -> None:
-    """Stop and reap our child processes (the JVM gateway): exiting first would leave them to init as zombies."""
-    children = [int(pid) for f in Path("/proc/self/task").glob("*/children") for pid in f.read_text().split()]
-    for pid in children:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    for pid in children:
-        with contextlib.suppress(ChildProcessError):  # already reaped
-            while os.waitpid(pid, os.WNOHANG) == (0, 0):
-                if time.monotonic() > deadline:
-                    os.kill(pid, signal.SIGKILL)
-                    deadline = float("inf")
-                time.sleep(0.05)
-
-
-def _wait_for_rest(job_id: str, ports: str, timeout_s: float = 60.0) -> str | None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if url := runtime.rest_url(job_id, ports):
-            return url
-        time.sleep(0.5)
-    return None
+    print(json.dumps({"cancelled": job_id, "status": wait_until_terminal(job_client)}), flush=True)
+    stop_children()
 
 
 if __name__ == "__main__":
