@@ -401,7 +401,7 @@ def test_flink_memory_fits_a_laptop() -> None:
 def test_flink_config_keeps_the_java_17_module_flags_flink_ships() -> None:
     spec = importlib.util.find_spec("pyflink")
     if spec is None or spec.origin is None:
-        pytest.skip("pyflink is not installed")
+        pytest.fail("pyflink is not installed: run ./dev setup (it installs apache-flink)", pytrace=False)
     shipped = _flatten(yaml.safe_load((Path(spec.origin).parent / "conf" / "config.yaml").read_text()))
     assert flink_config()["env.java.opts.all"] == shipped["env.java.opts.all"]
 
