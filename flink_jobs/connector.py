@@ -74,11 +74,6 @@ def jar_paths() -> list[Path]:
     return paths
 
 
-def jar_urls() -> str:
-    """The ``pipeline.jars`` value: ``file://`` URLs joined by ``;``."""
-    return ";".join(p.as_uri() for p in jar_paths())
-
-
 def ensure() -> list[Path]:
     """Download and extract the jars unless verified copies are already in place."""
     missing = [j for j in pinned_jars() if not _verified(jar_dir() / j.name, j)]

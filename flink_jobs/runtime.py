@@ -11,7 +11,8 @@ What it sets, and why (measured facts are in ENVIRONMENT.md):
   without pyflink and the job restarts in a loop;
 - ``PYTHONPATH`` with this venv's site-packages and the project root: thread mode embeds an interpreter in the
   JVM that does not see the venv otherwise (``No module named 'pemja'``);
-- the Kafka connector jars (``pipeline.jars``), verified by ``flink_jobs.connector``;
+- the Kafka connector jars (``pipeline.jars``), verified by ``flink_jobs.connector``, and the project's own
+  JVM operators compiled by ``flink_jobs.javaops``;
 - EXACTLY_ONCE checkpoints, retained on cancel, so a job can be restored (``execution.state-recovery.path``);
 - the REST API / web UI on a port range (a fixed port collides with a second local job).
 
@@ -32,7 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
 
-from flink_jobs import connector
+from flink_jobs import connector, javaops
 
 if TYPE_CHECKING:
     from pyflink.datastream import StreamExecutionEnvironment
@@ -84,9 +85,14 @@ def flink_configuration(settings: FlinkSettings) -> dict[str, str]:
     if settings.restore_path:
         conf["execution.state-recovery.path"] = settings.restore_path
     if "pipeline.jars" not in settings.extra:
-        conf["pipeline.jars"] = connector.jar_urls()
+        conf["pipeline.jars"] = pipeline_jars()
     conf.update(settings.extra)
     return conf
+
+
+def pipeline_jars() -> str:
+    """The ``pipeline.jars`` value: the connector jars and the operators' jar as ``file://`` URLs, ``;``-joined."""
+    return ";".join(p.as_uri() for p in [*connector.jar_paths(), *javaops.jar_paths()])
 
 
 def python_path() -> str:
