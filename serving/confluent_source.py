@@ -58,6 +58,7 @@ class ConfluentDeltaSource:
             "stats_cb": self._on_stats,
             "fetch.wait.max.ms": 100,
             "max.partition.fetch.bytes": 8 << 20,
+            "logger": logging.getLogger("serving.librdkafka"),  # librdkafka would write to stderr itself
             **config,
         }
         self._consumer: Any = None
