@@ -14,7 +14,8 @@ the replica (``--kafka-client``):
 * **HTTP**: a live ``python -m serving`` replica (uvicorn) on 127.0.0.1 answers ``POST /v1/retrieve``
   (top-100, a Bloom region filter) from a closed-loop httpx load generator, first idle, then while deltas
   are produced at ``--delta-rate``/s in transactions every 0.1 s; p50/p99, query and applied delta rates.
-  The time from spawning that process to ``/readyz`` answering 200 is recorded too.
+  The time from spawning that process to ``/readyz`` answering 200 is recorded too (the second client's
+  process also replays the first one's streamed deltas, ``delta_rate`` x (``http_phase_s`` + 2) more).
 
 Deltas are 20% embeddings, 70% feature columns, 10% eligibility words on existing items, every one newer
 than the snapshot. Writes ``bench/results/serving.json`` (flat keys, units in the names) and ``serving.png``.
