@@ -1,7 +1,8 @@
 """Reading the delta topic: a small source interface, its kafka-python implementation, and the apply loop.
 
 ``DeltaSource`` is all the replica needs from a Kafka client (assign every partition, seek, poll, positions,
-the readable end of each partition), so another client can be swapped in behind it. ``DeltaConsumer`` is the
+the readable end of each partition), so another client can be swapped in behind it
+(``serving.confluent_source`` is one, chosen with ``--kafka-client confluent-kafka``). ``DeltaConsumer`` is the
 background thread that polls a source and hands each batch to the replica; it never stops on bad data (the
 replica counts and skips it) and reconnects with backoff when the broker is unreachable.
 

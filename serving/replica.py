@@ -132,12 +132,15 @@ class Replica:
         return cls(load_feature_set(settings.feature_defs).layout(), settings, **kwargs)
 
     def _kafka_source(self) -> DeltaSource:
+        """A delta source of the configured client library (``settings.kafka_client``)."""
         s = self.settings
+        client_id = f"freshet-replica-{self.name}"
+        if s.kafka_client == "confluent-kafka":
+            from serving.confluent_source import ConfluentDeltaSource
+
+            return ConfluentDeltaSource(s.bootstrap_servers, s.delta_topic, client_id=client_id)
         return KafkaDeltaSource(
-            s.bootstrap_servers,
-            s.delta_topic,
-            client_id=f"freshet-replica-{self.name}",
-            max_poll_records=s.poll_batch_size,
+            s.bootstrap_servers, s.delta_topic, client_id=client_id, max_poll_records=s.poll_batch_size
         )
 
     # lifecycle -----------------------------------------------------------------------------------

@@ -1,19 +1,41 @@
-"""The replica's delta source and apply loop against the embedded broker (no model involved)."""
+"""The replica's delta sources and apply loop against the embedded broker (no model involved).
+
+Every test runs with each client library behind ``DeltaSource``: kafka-python and confluent-kafka.
+"""
 
 from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 
 import pytest
 from kafka import KafkaProducer
 
-from serving.consumer import DeltaConsumer, KafkaDeltaSource, SourceRecord
+from serving.confluent_source import ConfluentDeltaSource
+from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
 from serving.metrics import ReplicaMetrics
 from serving.testing import wait_until
 
 pytestmark = pytest.mark.kafka
+
+#: client -> (bootstrap, topic, fail fast: an unreachable broker must surface as an error) -> a source
+SOURCES: dict[str, Callable[..., DeltaSource]] = {
+    "kafka-python": lambda bootstrap, topic, fail_fast=False: KafkaDeltaSource(
+        bootstrap,
+        topic,
+        **({"request_timeout_ms": 500, "api_version_auto_timeout_ms": 500} if fail_fast else {}),
+    ),
+    "confluent-kafka": lambda bootstrap, topic, fail_fast=False: ConfluentDeltaSource(
+        bootstrap, topic, **({"metadata_timeout_s": 0.5} if fail_fast else {})
+    ),
+}
+
+
+@pytest.fixture(params=sorted(SOURCES))
+def make_source(request: pytest.FixtureRequest) -> Callable[..., DeltaSource]:
+    """``make_source(bootstrap, topic, fail_fast=False)`` of one client library (the test runs with each)."""
+    return SOURCES[request.param]
 
 
 class Recorder:
@@ -39,13 +61,14 @@ class Recorder:
 
 
 def _consumer(
+    make_source: Callable[..., DeltaSource],
     bootstrap: str,
     topic: str,
     handler: Recorder,
     metrics: ReplicaMetrics,
     start: Mapping[int, int] | None = None,
 ) -> DeltaConsumer:
-    return DeltaConsumer(lambda: KafkaDeltaSource(bootstrap, topic), handler, lambda: dict(start or {}), metrics,
+    return DeltaConsumer(lambda: make_source(bootstrap, topic), handler, lambda: dict(start or {}), metrics,
                          batch_size=100, poll_timeout_ms=100, name="test")  # fmt: skip
 
 
@@ -68,14 +91,16 @@ def _send_txn(
         producer.commit_transaction()
 
 
-def test_ready_at_the_last_stable_offset_while_a_transaction_is_open(broker, make_topic, producer) -> None:
+def test_ready_at_the_last_stable_offset_while_a_transaction_is_open(
+    broker, make_topic, producer, make_source
+) -> None:
     """An open transaction (Flink's sink keeps one open between checkpoints) must not hold readiness hostage,
     and its records stay invisible until it commits."""
     topic = make_topic(partitions=2)
     _send_txn(producer, topic, [b"a", b"b", b"c"], partition=0)
     _send_txn(producer, topic, [b"open1", b"open2"], partition=0, commit=False)
     handler, metrics = Recorder(), ReplicaMetrics()
-    consumer = _consumer(broker.bootstrap_servers, topic, handler, metrics)
+    consumer = _consumer(make_source, broker.bootstrap_servers, topic, handler, metrics)
     consumer.start()
     try:
         wait_until(lambda: consumer.ready, what="ready with a transaction open")
@@ -91,11 +116,13 @@ def test_ready_at_the_last_stable_offset_while_a_transaction_is_open(broker, mak
         consumer.stop()
 
 
-def test_starts_from_the_given_offsets(broker, make_topic, producer) -> None:
+def test_starts_from_the_given_offsets(broker, make_topic, producer, make_source) -> None:
     topic = make_topic(partitions=1)
     _send_txn(producer, topic, [b"0", b"1", b"2", b"3"], partition=0)
     handler = Recorder()
-    consumer = _consumer(broker.bootstrap_servers, topic, handler, ReplicaMetrics(), start={0: 2})
+    consumer = _consumer(
+        make_source, broker.bootstrap_servers, topic, handler, ReplicaMetrics(), start={0: 2}
+    )
     consumer.start()
     try:
         wait_until(lambda: consumer.ready, what="ready")
@@ -105,10 +132,10 @@ def test_starts_from_the_given_offsets(broker, make_topic, producer) -> None:
         consumer.stop()
 
 
-def test_a_failing_batch_is_counted_and_the_stream_goes_on(broker, make_topic, producer) -> None:
+def test_a_failing_batch_is_counted_and_the_stream_goes_on(broker, make_topic, producer, make_source) -> None:
     topic = make_topic(partitions=1)
     handler, metrics = Recorder(fail_first=True), ReplicaMetrics()
-    consumer = _consumer(broker.bootstrap_servers, topic, handler, metrics)
+    consumer = _consumer(make_source, broker.bootstrap_servers, topic, handler, metrics)
     consumer.start()
     try:
         wait_until(lambda: consumer.ready, what="ready on an empty topic")
@@ -123,15 +150,90 @@ def test_a_failing_batch_is_counted_and_the_stream_goes_on(broker, make_topic, p
     assert not consumer.running
 
 
-def test_not_ready_while_the_broker_is_unreachable() -> None:
+def test_not_ready_while_the_broker_is_unreachable(make_source) -> None:
     handler, metrics = Recorder(), ReplicaMetrics()
     consumer = DeltaConsumer(
-        lambda: KafkaDeltaSource("127.0.0.1:9", "nowhere", request_timeout_ms=500, api_version_auto_timeout_ms=500),
-        handler, dict, metrics, poll_timeout_ms=50,
-    )  # fmt: skip
+        lambda: make_source("127.0.0.1:9", "nowhere", fail_fast=True),
+        handler,
+        dict,
+        metrics,
+        poll_timeout_ms=50,
+    )
     consumer.start()
     try:
         wait_until(lambda: consumer.last_error, what="an error recorded", timeout_s=30)
         assert not consumer.ready and consumer.running
     finally:
         consumer.stop()
+
+
+def test_offsets_tracked_per_partition(broker, make_topic, make_source) -> None:
+    """Every record arrives once, in offset order per partition; positions end at each partition's end."""
+    import kafka_helpers
+
+    topic = make_topic(partitions=3)
+    sent = [(str(i % 11).encode(), f"v{i}".encode()) for i in range(60)]
+    partitions = kafka_helpers.produce(broker.bootstrap_servers, topic, sent)
+    handler = Recorder()
+    consumer = _consumer(make_source, broker.bootstrap_servers, topic, handler, ReplicaMetrics())
+    consumer.start()
+    try:
+        wait_until(lambda: consumer.ready, what="ready")
+    finally:
+        consumer.stop()
+    per_partition = {p: [v for (_, v), q in zip(sent, partitions, strict=True) if q == p] for p in range(3)}
+    for p, values in per_partition.items():
+        got = [r for r in handler.records if r.partition == p]
+        assert [r.value for r in got] == values
+        assert [r.offset for r in got] == list(range(len(values)))
+    assert handler.positions == {p: len(v) for p, v in per_partition.items()}
+    assert consumer.lag == dict.fromkeys(range(3), 0)
+
+
+def test_not_ready_before_reaching_the_end_of_a_backlog(broker, make_topic, producer, make_source) -> None:
+    """Readiness waits for the whole backlog: a handler that holds each batch keeps the replica not ready."""
+    topic = make_topic(partitions=1)
+    _send_txn(producer, topic, [str(i).encode() for i in range(500)], partition=0)
+    release, handler = threading.Event(), Recorder()
+
+    def slow(records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
+        handler(records, positions)
+        if len(handler.records) >= 100:
+            release.wait(10)
+
+    consumer = DeltaConsumer(lambda: make_source(broker.bootstrap_servers, topic), slow, dict, ReplicaMetrics(),
+                             batch_size=50, poll_timeout_ms=100, name="test")  # fmt: skip
+    consumer.start()
+    try:
+        wait_until(lambda: len(handler.records) >= 100, what="the first batches")
+        assert not consumer.ready and not consumer.caught_up_once.is_set()
+        assert 0 < len(handler.records) < 500
+        release.set()
+        wait_until(lambda: consumer.ready, what="ready after the backlog")
+        assert len(handler.records) == 500 and handler.positions == {0: 501}
+    finally:
+        release.set()
+        consumer.stop()
+
+
+def test_both_clients_read_the_same_committed_records(broker, make_topic, producer) -> None:
+    """The same topic through each client: identical (partition, offset, value) sequences and end positions."""
+    topic = make_topic(partitions=2)
+    for i in range(5):
+        _send_txn(producer, topic, [f"{i}-{j}".encode() for j in range(7)], partition=i % 2)
+    seen = {}
+    for name, make in SOURCES.items():
+        handler = Recorder()
+        consumer = _consumer(make, broker.bootstrap_servers, topic, handler, ReplicaMetrics(), start={1: 3})
+        consumer.start()
+        try:
+            wait_until(lambda c=consumer: c.ready, what=f"{name} ready")  # type: ignore[misc]
+        finally:
+            consumer.stop()
+        # partitions may interleave differently; within one, the order is the log's
+        by_partition = {p: [(r.offset, r.value) for r in handler.records if r.partition == p] for p in (0, 1)}
+        seen[name] = (by_partition, dict(handler.positions))
+    assert seen["kafka-python"] == seen["confluent-kafka"]
+    records, positions = seen["kafka-python"]
+    assert [len(records[0]), len(records[1])] == [3 * 7, 2 * 7 - 3] and positions == {0: 24, 1: 16}
+    assert records[1][0] == (3, b"1-3")
