@@ -96,7 +96,6 @@ class Replica:
         self.generations = Generations(empty, self._cut_lock, self.models)
         self._snapshot_lock = threading.Lock()  # one snapshot at a time (periodic and admin)
         self._since_snapshot = 0
-        self._last_snapshot_offsets: dict[int, int] | None = None
         self._last_snapshot_at = time.monotonic()
         self._newest_event_ms: int | None = None
         self.started_from: Path | None = None
@@ -177,7 +176,6 @@ class Replica:
         with self._cut_lock:
             self.generations.active = generation
             self._offsets = {int(p): int(o) for p, o in offsets.items()}
-            self._last_snapshot_offsets = dict(self._offsets) if offsets else None
             self._last_snapshot_at = time.monotonic()
 
     # reading -------------------------------------------------------------------------------------
@@ -315,9 +313,10 @@ class Replica:
         """Periodic snapshots: once ready, every N seconds or N records, and only if something changed."""
         s = self.settings
         with self._cut_lock:
-            changed = self._offsets != self._last_snapshot_offsets
+            # Records read since the last cut, not moved offsets: a position that only steps over a transaction
+            # marker changes no tensor, and a snapshot for it would be a copy of the last one.
             since, last_at = self._since_snapshot, self._last_snapshot_at
-        if not self.ready or not changed:
+        if not self.ready or since == 0:
             return False
         by_count = s.snapshot_every_deltas > 0 and since >= s.snapshot_every_deltas
         by_time = s.snapshot_every_s > 0 and time.monotonic() - last_at >= s.snapshot_every_s
@@ -338,7 +337,6 @@ class Replica:
                                   digest=state_digest(state), items=int(state.valid.sum()))  # fmt: skip
             with self._cut_lock:
                 self._since_snapshot -= since
-                self._last_snapshot_offsets = offsets
                 self._last_snapshot_at = time.monotonic()
         log.info("snapshot %s written (%d items, offsets %s)", path, taken.items, offsets)
         return taken
