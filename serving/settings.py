@@ -2,7 +2,7 @@
 
 Precedence: a command-line flag, else the environment variable ``FRESHET_<FIELD>`` (upper case), else the
 default. Plain pydantic does the type coercion (strings from the environment become ints, floats, paths),
-so the project does not need ``pydantic-settings`` for eleven fields.
+so the project does not need ``pydantic-settings`` for a dozen or so flat fields.
 
 Several replicas on one machine differ by ``port`` and ``snapshot_dir``: each replica writes and prunes
 its own snapshot directory (two replicas pruning one directory would delete each other's snapshots).
