@@ -225,7 +225,7 @@ def _compare(
     until_ms = bounded_out_of_orderness(end.ts_ms, feed.gate.max_out_of_orderness_ms)
     comparison = Comparison(s.defs, s.events, until_ms, models, s.work_dir / "backfill")
     replica = f"http://127.0.0.1:{s.replica_port}"
-    console.print("comparing the replica with a backfill of the logged events:")
+    console.print("\ncomparing the replica with a backfill of the logged events (Ctrl-C skips it):")
     for line in comparison.lines(replica):
         console.print(f"  $ {line}", highlight=False, soft_wrap=True)
     with console.status("draining: the end-of-feed event pushes the job's watermark past every window"):
