@@ -21,6 +21,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--rate", type=float, default=300.0, help="engagement events per second")
     parser.add_argument("--posts", type=float, default=5.0, help="new posts per second")
     parser.add_argument("--history", type=int, default=60, help="seconds of generated history sent first")
+    parser.add_argument("--events", type=Path, default=None,
+                        help="where to log every raw record sent, as freshet backfill reads it (an empty or new "
+                             "directory; default WORK_DIR/events)")  # fmt: skip
+    parser.add_argument("--verify", action="store_true",
+                        help="when stopping (Ctrl-C or --seconds): drain the pipeline, backfill the logged events "
+                             "and run freshet verify against the replica; exit with verify's code")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -36,5 +42,7 @@ def main(args: argparse.Namespace) -> int:
             engagements_per_s=args.rate,
             posts_per_s=args.posts,
             history_seconds=args.history,
+            events_dir=args.events,
+            verify=args.verify,
         )
     )

@@ -5,6 +5,10 @@ two-tower model trained for a few seconds and published, the Flink job on the lo
 on), one serving replica, and a social-feed generator — first yesterday's history, then today's posts
 paced in real time. The view shows what a user of freshet watches: freshness per signal, throughput,
 bad and late input, and how many of the items retrieval returns were published today.
+
+Every raw record sent is logged under ``--events`` (the layout ``freshet backfill`` reads). With
+``--verify``, stopping drains the pipeline and compares the replica with a backfill of that log
+(``demo.compare``).
 """
 
 from __future__ import annotations
@@ -16,6 +20,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -25,12 +30,15 @@ import httpx
 from rich.console import Console
 from rich.live import Live
 
-from demo.feed import LiveFeed, TopicCounter, create_topics, send_history
+from demo.compare import Comparison, JobWatermark, LateGate, drain_record
+from demo.feed import LiveFeed, TopicCounter, create_topics, make_producer, send, send_history
 from demo.view import DemoState, Scrape, render
 from freshet.broker import EmbeddedBroker
-from freshet.feedgen import FeedConfig, FeedGenerator
+from freshet.feedgen import TOPIC_ENGAGEMENT, FeedConfig, FeedGenerator
+from freshet.offline.eventlog import EventLogAppender
 from freshet.spec import FeatureSet, load_feature_set
 from freshet.training import train_and_publish
+from freshet.watermarks import bounded_out_of_orderness
 
 DELTA_TOPIC, DLQ_TOPIC = "freshet.deltas", "freshet.dlq"
 HISTORY_FIRST_ID, LIVE_FIRST_ID = 1_000_000, 5_000_000
@@ -47,6 +55,12 @@ class DemoSettings:
     posts_per_s: float = 5.0
     history_seconds: int = 60
     seed: int = 7
+    events_dir: Path | None = None  # default: work_dir / "events"
+    verify: bool = False
+
+    @property
+    def events(self) -> Path:
+        return self.events_dir or self.work_dir / "events"
 
 
 class Service:
@@ -101,6 +115,11 @@ def job_command(s: DemoSettings, bootstrap: str, models: Path) -> list[str]:
         "--bootstrap", bootstrap, "--defs", str(s.defs), "--models", str(models),
         "--delta-topic", DELTA_TOPIC, "--dlq-topic", DLQ_TOPIC,
         "--checkpoint-dir", str((s.work_dir / "checkpoints").resolve()), "--rest-port", s.rest_ports,
+        # one item per forward pass: the tower's float32 output depends on the batch, and batches form by
+        # arrival time; backfill (--embed-batch 1) then embeds every item bit for bit the same
+        "--embed-batch-size", "1",
+        # the REST API's metrics (the window operator's watermark, read by the feed) fresh, not 10 s old
+        "--conf", "metrics.fetcher.update-interval=100",
     ]  # fmt: skip
 
 
@@ -114,12 +133,26 @@ def replica_command(s: DemoSettings, bootstrap: str, models: Path) -> list[str]:
 
 
 def run(s: DemoSettings, console: Console | None = None) -> int:
+    """Run the demo until ``s.seconds`` pass or Ctrl-C; with ``s.verify``, verify's exit code, else 0."""
     console = console or Console()
+    try:
+        return _run(s, console)
+    except KeyboardInterrupt:
+        console.print("interrupted (Ctrl-C)")
+        return 130
+    finally:
+        console.print("stopped: the broker, the Flink job and the replica are shut down")
+
+
+def _run(s: DemoSettings, console: Console) -> int:
     fs = load_feature_set(s.defs)
+    _check_events_dir(s)
     shutil.rmtree(s.work_dir, ignore_errors=True)
     logs = s.work_dir / "logs"
     logs.mkdir(parents=True)
+    log = EventLogAppender(s.events)
     with contextlib.ExitStack() as stack:
+        stack.callback(log.close)
         console.print("[bold]1/5[/] starting the embedded Kafka-protocol broker")
         broker = stack.enter_context(EmbeddedBroker(work_dir=s.work_dir / "broker"))
         bootstrap = broker.bootstrap_servers
@@ -136,7 +169,7 @@ def run(s: DemoSettings, console: Console | None = None) -> int:
         history = FeedConfig(
             seed=s.seed, first_item_id=HISTORY_FIRST_ID, posts_per_s=20, engagements_per_s=100
         )
-        sent = send_history(bootstrap, history, int(time.time() * 1000), s.history_seconds)
+        sent = send_history(bootstrap, history, int(time.time() * 1000), s.history_seconds, log)
         expected = int(history.posts_per_s * s.history_seconds)
         _wait_for_history(s, (job, replica), expected_items=expected, console=console)
         now_ms = int(time.time() * 1000)
@@ -145,16 +178,78 @@ def run(s: DemoSettings, console: Console | None = None) -> int:
             posts_per_s=s.posts_per_s, engagements_per_s=s.engagements_per_s,
         )  # fmt: skip
         gen = FeedGenerator(live_cfg, start_ms=now_ms)
-        feed = LiveFeed(bootstrap, gen)
+        watermark = JobWatermark(job.log_path)
+        stack.callback(watermark.close)
+        delay_ms = _delay_ms(fs, TOPIC_ENGAGEMENT)
+        feed = LiveFeed(bootstrap, gen, log, LateGate(delay_ms), watermark)
         counter = TopicCounter(bootstrap, [DLQ_TOPIC, *{f.late.topic for f in fs.features if f.late.topic}])
         feed.start()
         counter.start()
         stack.callback(feed.stop)
         stack.callback(counter.stop)
+        console.print(f"      every raw record sent is logged under {s.events} (what freshet backfill reads)")
         state = DemoState(links=_links(s, job))
         state.events_sent = sent
-        return _watch(s, state, feed, counter, gen, (job, replica), console)
+        _watch(s, state, feed, counter, gen, (job, replica), console)
+        feed.stop()
+        feed.join()
+        if not s.verify:
+            console.print(f"raw events sent: {s.events}; `freshet demo --verify` compares the replica with a "
+                          "backfill of them when it stops")  # fmt: skip
+            return 0
+        return _compare(s, bootstrap, log, feed, watermark, models, console)
     return 0
+
+
+def _compare(
+    s: DemoSettings,
+    bootstrap: str,
+    log: EventLogAppender,
+    feed: LiveFeed,
+    watermark: JobWatermark,
+    models: Path,
+    console: Console,
+) -> int:
+    """Drain the pipeline, backfill the logged events and verify the replica against it; verify's exit code."""
+    assert feed.gate.max_ts_ms is not None, "the live feed sent engagement events"
+    if feed.ungated:
+        console.print(
+            f"[yellow]{feed.ungated} late events were sent before the job's watermark could be read[/]"
+        )
+    end = drain_record(feed.gate.max_ts_ms)
+    producer = make_producer(bootstrap)
+    send(producer, [end], log)
+    producer.flush()
+    producer.close()
+    log.close()
+    until_ms = bounded_out_of_orderness(end.ts_ms, feed.gate.max_out_of_orderness_ms)
+    comparison = Comparison(s.defs, s.events, until_ms, models, s.work_dir / "backfill")
+    replica = f"http://127.0.0.1:{s.replica_port}"
+    console.print("\ncomparing the replica with a backfill of the logged events (Ctrl-C skips it):")
+    for line in comparison.lines(replica):
+        console.print(f"  $ {line}", highlight=False, soft_wrap=True)
+    with console.status("draining: the end-of-feed event pushes the job's watermark past every window"):
+        if not watermark.wait_for(until_ms, threading.Event(), timeout_s=180):
+            console.print("[yellow]the job's watermark did not reach the end of the feed in 180 s[/]")
+    with console.status("backfilling, then waiting for the replica to apply the last windows"):
+        code, report = comparison.settle(replica, timeout_s=180)
+    console.print(f"verify: {report}", highlight=False, soft_wrap=True)
+    return code
+
+
+def _check_events_dir(s: DemoSettings) -> None:
+    """Refuse a named event directory that holds files: the log must hold this run's records only (the
+    default, inside the work directory, is cleared with it)."""
+    events = s.events.resolve()
+    if events.is_relative_to(s.work_dir.resolve()) or not events.exists():
+        return
+    if any(events.iterdir()):
+        raise SystemExit(f"freshet demo: --events {s.events} is not empty; name a new or empty directory")
+
+
+def _delay_ms(fs: FeatureSet, topic: str) -> int:
+    """The declared maximum out-of-orderness of the source read from ``topic``."""
+    return next(src.watermark.max_out_of_orderness_ms for src in fs.sources if src.topic == topic)
 
 
 def _wait_for_history(
@@ -221,7 +316,6 @@ def _watch(
         except KeyboardInterrupt:
             state.status = "stopping (Ctrl-C)"
             live.update(render(state))
-    console.print("stopped: the broker, the Flink job and the replica are shut down")
     return 0
 
 

@@ -36,7 +36,13 @@ from freshet.job_logic import EligibilityLogic, EngagementLogic, EventParser, St
 from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING
 from freshet.model import IndexModel
 from freshet.offline.backfill import EMBED_BATCH, BackfillError, backfill
-from freshet.offline.eventlog import write_event_log
+from freshet.offline.eventlog import (
+    EventLogAppender,
+    EventLogError,
+    read_values,
+    topic_files,
+    write_event_log,
+)
 from freshet.publish import PublishedModel, load_published, publish_model
 from freshet.replay import StreamReplay
 from freshet.snapshot import latest_valid_snapshot
@@ -381,3 +387,18 @@ def test_a_directory_without_any_log_is_refused(
 ) -> None:
     with pytest.raises(BackfillError, match=r"no \*\.jsonl or \*\.parquet under any of .*engagement/"):
         backfill(feature_set, tmp_path / "typo", UNTIL_MS, models)
+
+
+def test_an_appended_log_reads_back_in_the_order_sent_after_the_files_already_there(tmp_path: Path) -> None:
+    records = list(FeedGenerator(FeedConfig(seed=3), start_ms=T0_MS).records(3))
+    first, second = records[: len(records) // 2], records[len(records) // 2 :]
+    for batch in (first, second):  # two runs of a sender: the second's file sorts after the first's
+        log = EventLogAppender(tmp_path)
+        log.append(batch[:5])
+        log.append(batch[5:])
+        log.close()
+    for topic in {r.topic for r in records}:
+        read = [v for chunk in read_values(topic_files(tmp_path, topic)) for v in chunk]
+        assert read == [r.value for r in records if r.topic == topic]
+    with pytest.raises(EventLogError, match="newline"):
+        EventLogAppender(tmp_path).append([RawRecord(TOPIC_ENGAGEMENT, b"1", b"{\n}", T0_MS)])

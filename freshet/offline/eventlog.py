@@ -18,13 +18,14 @@ holding a newline cannot be a JSON Lines row; such a log must be written as Parq
 
 ``write_event_log`` writes records (``freshet.feedgen.RawRecord``, or anything with ``topic``, ``key``,
 ``value`` and ``ts_ms``) in this layout; ``freshet feed`` writes the synthetic feed with it.
+``EventLogAppender`` writes the same layout as records are produced (``freshet demo`` logs what it sends).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
-from typing import Literal, Protocol
+from typing import BinaryIO, Literal, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -166,6 +167,46 @@ class _TopicWriter:
             pq.write_table(pa.table(columns), path, row_group_size=CHUNK_RECORDS)
         self.next_part += 1
         self._rows = []
+
+
+class EventLogAppender:
+    """Appends records to a JSON Lines log as they are sent, one new file per topic, in the order given.
+
+    Call ``append`` with each batch right after handing it to the producer (in the same order), so the
+    log's order is the topic's; ``close`` flushes. A file starts after the topic's existing ones.
+    """
+
+    def __init__(self, root: Path) -> None:
+        self.root = Path(root)
+        self.counts: dict[str, int] = {}
+        self._files: dict[str, BinaryIO] = {}
+
+    def append(self, records: Iterable[Record]) -> None:
+        """Write ``records`` (one line each) and flush them to the operating system."""
+        touched = set()
+        for record in records:
+            if b"\n" in record.value:
+                raise EventLogError(
+                    f"a {record.topic} record value holds a newline; it cannot be a JSON Lines row"
+                )
+            self._file(record.topic).write(record.value + b"\n")
+            self.counts[record.topic] = self.counts.get(record.topic, 0) + 1
+            touched.add(record.topic)
+        for topic in touched:
+            self._files[topic].flush()
+
+    def close(self) -> None:
+        """Flush and close every file."""
+        for f in self._files.values():
+            f.close()
+        self._files.clear()
+
+    def _file(self, topic: str) -> BinaryIO:
+        if topic not in self._files:
+            directory = self.root / topic
+            directory.mkdir(parents=True, exist_ok=True)
+            self._files[topic] = open(directory / f"part-{_next_part(directory):06d}.jsonl", "ab")  # noqa: SIM115
+        return self._files[topic]
 
 
 def _next_part(directory: Path) -> int:
