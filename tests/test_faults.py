@@ -21,6 +21,7 @@ Kill points come from ``FRESHET_FAULT_SEED`` (printed). ``bench/faults.py`` runs
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -197,3 +198,75 @@ def test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state(broker, m
     figures = run_killed_and_replayed(setup, tmp_path, SEED)
     print("faults:", json.dumps(figures))
     assert figures["job_kills"] == 3 and figures["rows_wrong_a"] == figures["rows_wrong_c"] == 0
+
+
+def _kill_during_a_snapshot_write(serve: ServeProcess, snapshots: Path, rng: random.Random) -> float:
+    """SIGKILL the replica while a ``.tmp-snapshot-*`` write is in progress, once it has published a snapshot
+    of its own (so a complete one is there to recover from); returns the delay used."""
+    newest = lambda: list_snapshots(snapshots)[0].name if list_snapshots(snapshots) else ""  # noqa: E731
+    before = newest()
+    wait_until(lambda: newest() > before, timeout_s=60, interval_s=0.01, what="a new published snapshot")
+    wait_until(lambda: list(snapshots.glob(".tmp-snapshot-*")), timeout_s=60, interval_s=0.002,
+               what="a snapshot write in progress")  # fmt: skip
+    delay = round(rng.uniform(0.0, 0.02), 4)
+    time.sleep(delay)
+    assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert list(snapshots.glob(".tmp-snapshot-*")), "the kill did not land inside a write; widen the window"
+    return delay
+
+
+def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(broker, make_topic, tmp_path) -> None:
+    """Two kill -9s inside snapshot writes (seeded delays), each followed by a restart on the same directory:
+    the partial writes are discarded, the newest complete snapshot loads, and the replica ends at the digest
+    of a replica that read the topic once."""
+    rng = random.Random(SEED)
+    topic = make_topic(partitions=3)
+    snapshots = tmp_path / "snapshots"
+    args = ["--bootstrap-servers", broker.bootstrap_servers, "--delta-topic", topic, "--feature-defs", str(FS_DEFS),
+            "--snapshot-dir", str(snapshots), "--snapshot-every-deltas", "1500", "--snapshot-every-s", "0",
+            "--poll-batch-size", "500", "--snapshot-retention", "2"]  # fmt: skip
+    deltas = random_deltas(LAYOUT, rng, 30_000, items=20_000)
+    producer = DeltaProducer(broker.bootstrap_servers, topic, LAYOUT)
+    sending = threading.Thread(target=send_in_transactions, args=(producer, deltas, rng))
+    delays, serves = [], []
+    try:
+        for i in range(2):
+            serves.append(ServeProcess(args, tmp_path / f"serve-{i}.log"))
+            if i == 0:
+                sending.start()
+            delays.append(_kill_during_a_snapshot_write(serves[-1], snapshots, rng))
+        assert sending.is_alive(), "the stream ended before the last kill; send more deltas"
+        sending.join()
+        last = ServeProcess(args, tmp_path / "serve-last.log")
+        serves.append(last)
+        state = last.state_when(producer.next_offsets, timeout_s=120)
+        assert state["started_from_snapshot"] is not None
+        assert not list(snapshots.glob(".tmp-snapshot-*")) or "deleted a partial snapshot write" in (
+            last.log_path.read_text()
+        )
+    finally:
+        sending.join() if sending.is_alive() else None
+        producer.close()
+        for serve in serves:
+            with contextlib.suppress(Exception):
+                serve.stop(signal.SIGKILL)
+    print(f"snapshot-write kills (seed {SEED}): delays {delays} s")
+    assert state["digest"] == _reference_digest(broker.bootstrap_servers, topic, producer.next_offsets, tmp_path)
+
+
+def _reference_digest(servers: str, topic: str, offsets: dict[str, int], tmp_path: Path) -> str:
+    """The digest of an in-process replica that read the whole topic once, never interrupted."""
+    from serving.replica import Replica
+    from serving.settings import Settings
+
+    settings = Settings.load({"bootstrap_servers": servers, "delta_topic": topic, "snapshot_dir": tmp_path / "ref",
+                              "snapshot_every_deltas": 0, "snapshot_every_s": 0}, environ={})  # fmt: skip
+    reference = Replica(LAYOUT, settings, name="reference")
+    wanted = {int(p): o for p, o in offsets.items()}
+    reference.start()
+    try:
+        wait_until(lambda: reference.ready and all(reference.offsets().get(p, 0) >= o for p, o in wanted.items()),
+                   timeout_s=120, what="the reference replica caught up")  # fmt: skip
+        return reference.state().digest
+    finally:
+        reference.stop()
