@@ -142,10 +142,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("replay", help="recover the pipeline from a snapshot: the job from the checkpoint it "
                        "names, a replica from the snapshot")  # fmt: skip
     p.add_argument("snapshot", type=Path, help="a snapshot, or a snapshot directory (its newest valid one)")
-    p.add_argument("--replica-dir", type=Path, required=True, help="an empty snapshot directory for the replica")
+    p.add_argument(
+        "--replica-dir", type=Path, required=True, help="an empty snapshot directory for the replica"
+    )
     p.add_argument("--defs", type=Path, default=DEFAULT_DEFS, help="feature definitions (file or directory)")
-    p.add_argument("--job-args", default="", help='more `freshet job restore` options, e.g. "--bootstrap H:P"')
-    p.add_argument("--serve-args", default="", help='more `freshet serve` options, e.g. "--port 8001 --models m"')
+    p.add_argument(
+        "--job-args", default="", help='more `freshet job restore` options, e.g. "--bootstrap H:P"'
+    )
+    p.add_argument(
+        "--serve-args", default="", help='more `freshet serve` options, e.g. "--port 8001 --models m"'
+    )
     p.add_argument("--dry-run", action="store_true", help="check and print the two commands; start nothing")
     p.set_defaults(func=_cmd_replay)
 

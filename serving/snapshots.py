@@ -77,7 +77,9 @@ class SnapshotStore:
         """Write ``state`` (a copy taken at the cut) with the ``offsets`` and the Flink checkpoint it includes;
         prune old snapshots."""
         started = time.perf_counter()
-        path = write_snapshot(state, self.root, dict(offsets), topic=self.topic, flink_checkpoint=flink_checkpoint)
+        path = write_snapshot(
+            state, self.root, dict(offsets), topic=self.topic, flink_checkpoint=flink_checkpoint
+        )
         self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self.metrics.snapshots_written.inc()
         self.prune()

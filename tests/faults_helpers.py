@@ -57,12 +57,16 @@ def oracle_model(engagement: list[bytes], attributes: list[bytes]) -> IndexModel
     """The applied state the job's deltas must produce from these raw events (no embeddings are sent)."""
     events = parse_all("engagement", engagement)
     delay = FS.source("engagement").watermark.max_out_of_orderness_ms
-    rows, _, _ = oracle_feature_rows(FS, events, watermarks_after_each([e.ts_ms for e in events], delay), None)
+    rows, _, _ = oracle_feature_rows(
+        FS, events, watermarks_after_each([e.ts_ms for e in events], delay), None
+    )
     encoder = EligibilityEncoder.of(FS)
     eligibility = {(e.item_id, eligibility_version(e.ts_ms), tuple(encoder.words(e.fields).tolist()))
                    for e in parse_all("item_attributes", attributes)}  # fmt: skip
     model = IndexModel(LAYOUT, model_version=1)
-    model.apply(batch_of(_oracle_deltas({"features": rows, "eligibility": eligibility, "embeddings": {}}), LAYOUT))
+    model.apply(
+        batch_of(_oracle_deltas({"features": rows, "eligibility": eligibility, "embeddings": {}}), LAYOUT)
+    )
     return model
 
 
@@ -73,8 +77,11 @@ def rows_wrong(got: IndexModel, want: IndexModel) -> int:
     wrong = 0
     for item in ids:
         a, b = got.item(item), want.item(item)
-        if a is None or b is None or (a["features"], a["versions"]) != (b["features"], b["versions"]) or (
-            a["eligibility"].tolist() != b["eligibility"].tolist()
+        if (
+            a is None
+            or b is None
+            or (a["features"], a["versions"]) != (b["features"], b["versions"])
+            or (a["eligibility"].tolist() != b["eligibility"].tolist())
         ):
             wrong += 1
     return wrong
@@ -100,7 +107,10 @@ def pace(setup: Setup, values: list[bytes], seconds: float) -> threading.Thread:
     """Send engagement ``values`` spread over ``seconds`` (in ~10 chunks) from a thread."""
 
     def send() -> None:
-        chunks = [values[i : i + max(1, len(values) // 10)] for i in range(0, len(values), max(1, len(values) // 10))]
+        chunks = [
+            values[i : i + max(1, len(values) // 10)]
+            for i in range(0, len(values), max(1, len(values) // 10))
+        ]
         for chunk in chunks:
             setup.produce(chunk)
             time.sleep(seconds / len(chunks))

@@ -251,7 +251,9 @@ def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(broker, 
             with contextlib.suppress(Exception):
                 serve.stop(signal.SIGKILL)
     print(f"snapshot-write kills (seed {SEED}): delays {delays} s")
-    assert state["digest"] == _reference_digest(broker.bootstrap_servers, topic, producer.next_offsets, tmp_path)
+    assert state["digest"] == _reference_digest(
+        broker.bootstrap_servers, topic, producer.next_offsets, tmp_path
+    )
 
 
 def _reference_digest(servers: str, topic: str, offsets: dict[str, int], tmp_path: Path) -> str:

@@ -49,7 +49,8 @@ def test_a_marker_round_trips_and_is_neither_applied_nor_rejected() -> None:
 
 
 @pytest.mark.parametrize(
-    "mutate", [lambda v: v[:-1], lambda v: v + b"\0", lambda v: b"XD" + v[2:], lambda v: v[:2] + b"\2" + v[3:]]
+    "mutate",
+    [lambda v: v[:-1], lambda v: v + b"\0", lambda v: b"XD" + v[2:], lambda v: v[:2] + b"\2" + v[3:]],
 )
 def test_a_damaged_marker_is_a_counted_rejection(mutate) -> None:
     batch = decode_batch([mutate(encode_marker(marker(1)))], LAYOUT)
@@ -111,7 +112,9 @@ def test_a_replica_snapshot_names_the_newest_marked_checkpoint_that_exists(tmp_p
     for n in (3, 4):
         (checkpoints / JOB / f"chk-{n}").mkdir(parents=True)
     (checkpoints / JOB / "chk-3" / "_metadata").write_bytes(b"x")  # chk-4 never completed (no _metadata)
-    settings = Settings.load({"snapshot_dir": tmp_path / "snapshots", "checkpoint_dir": checkpoints}, environ={})
+    settings = Settings.load(
+        {"snapshot_dir": tmp_path / "snapshots", "checkpoint_dir": checkpoints}, environ={}
+    )
     replica = Replica(LAYOUT, settings, name="t")
     replica.restore()
     deltas = [encode_delta(d, LAYOUT) for d in random_deltas(LAYOUT, random.Random(1), 4)]
