@@ -216,8 +216,11 @@ def _committed_else_earliest() -> Any:
 
 def register_sinks(t_env: StreamTableEnvironment, outputs: Outputs, settings: JobSettings) -> StatementSet:
     """One exactly-once Kafka sink per output topic (each with its own transactional id prefix), in one job."""
+    from flink_jobs.markers import with_checkpoint_markers
+
     statements = t_env.create_statement_set()
-    targets = [("deltas", settings.delta_topic, outputs.deltas), ("dlq", settings.dlq_topic, outputs.dlq)]
+    deltas = with_checkpoint_markers(outputs.deltas, settings.delta_topic, settings.bootstrap)
+    targets = [("deltas", settings.delta_topic, deltas), ("dlq", settings.dlq_topic, outputs.dlq)]
     targets += [(f"late{i}", settings.topic(t), s) for i, (t, s) in enumerate(sorted(outputs.late.items()))]
     for suffix, topic, stream in targets:
         sink = KeyedBytesSink(

@@ -52,6 +52,9 @@ class FlinkSettings:
     checkpoint_interval_ms: int = 1_000
     checkpoint_min_pause_ms: int = 0
     checkpoint_dir: Path = DEFAULT_CHECKPOINT_DIR
+    #: completed checkpoints kept on disk: replica snapshots name one, and a replay restores from it, so keep
+    #: at least (snapshot period x snapshots retained) / checkpoint interval of them
+    checkpoints_retained: int = 30
     restore_path: str | None = None
     rest_ports: str = DEFAULT_REST_PORTS
     python_execution_mode: Literal["process", "thread"] = "process"
@@ -72,6 +75,7 @@ def flink_configuration(settings: FlinkSettings) -> dict[str, str]:
         "execution.checkpointing.min-pause": f"{settings.checkpoint_min_pause_ms} ms",
         "execution.checkpointing.mode": "EXACTLY_ONCE",
         "execution.checkpointing.externalized-checkpoint-retention": "RETAIN_ON_CANCELLATION",
+        "execution.checkpointing.num-retained": str(settings.checkpoints_retained),
         "execution.checkpointing.dir": Path(settings.checkpoint_dir).resolve().as_uri(),
         "rest.bind-address": "127.0.0.1",
         "rest.bind-port": settings.rest_ports,

@@ -63,6 +63,50 @@ def _cmd_model(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_replay(args: argparse.Namespace) -> int:
+    import shlex
+
+    from freshet.recovery import RecoveryError, plan, stage_snapshot
+    from freshet.spec import load_feature_set
+
+    layout = load_feature_set(args.defs).layout()
+    try:
+        steps = plan(args.snapshot, layout, args.replica_dir, job_args=shlex.split(args.job_args),
+                     serve_args=["--defs", str(args.defs), *shlex.split(args.serve_args)])  # fmt: skip
+    except RecoveryError as exc:
+        print(f"freshet replay: {exc}", file=sys.stderr)
+        return 2
+    print(f"snapshot   {steps.snapshot}\ncheckpoint {steps.checkpoint}\n"
+          f"1. {shlex.join(steps.job_command)}\n2. {shlex.join(steps.replica_command)}", file=sys.stderr)  # fmt: skip
+    if args.dry_run:
+        return 0
+    try:
+        stage_snapshot(steps.snapshot, steps.replica_dir)
+    except RecoveryError as exc:
+        print(f"freshet replay: {exc}", file=sys.stderr)
+        return 2
+    return _run_until_one_ends([steps.job_command, steps.replica_command])
+
+
+def _run_until_one_ends(commands: list[list[str]]) -> int:
+    """Run the commands side by side until one ends or this process is asked to stop; then stop the rest."""
+    import signal
+    import subprocess
+    import time
+
+    procs = [subprocess.Popen(c) for c in commands]
+    stop = []
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(signum, lambda *_: stop.append(True))
+    while not stop and all(p.poll() is None for p in procs):
+        time.sleep(0.2)
+    for p in procs:
+        if p.poll() is None:
+            p.send_signal(signal.SIGTERM)  # the job driver cancels its job (checkpoint retained)
+    codes = [p.wait(timeout=120) for p in procs]
+    return 0 if stop else max(abs(c) for c in codes)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="freshet", description=__doc__.splitlines()[0] if __doc__ else None)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
@@ -94,6 +138,22 @@ def build_parser() -> argparse.ArgumentParser:
             m.add_argument("--epochs", type=int, default=3)
             m.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_model)
+
+    p = sub.add_parser("replay", help="recover the pipeline from a snapshot: the job from the checkpoint it "
+                       "names, a replica from the snapshot")  # fmt: skip
+    p.add_argument("snapshot", type=Path, help="a snapshot, or a snapshot directory (its newest valid one)")
+    p.add_argument(
+        "--replica-dir", type=Path, required=True, help="an empty snapshot directory for the replica"
+    )
+    p.add_argument("--defs", type=Path, default=DEFAULT_DEFS, help="feature definitions (file or directory)")
+    p.add_argument(
+        "--job-args", default="", help='more `freshet job restore` options, e.g. "--bootstrap H:P"'
+    )
+    p.add_argument(
+        "--serve-args", default="", help='more `freshet serve` options, e.g. "--port 8001 --models m"'
+    )
+    p.add_argument("--dry-run", action="store_true", help="check and print the two commands; start nothing")
+    p.set_defaults(func=_cmd_replay)
 
     _add_offline_commands(sub)
     _add_adapter_commands(sub)

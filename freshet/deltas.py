@@ -21,6 +21,9 @@ and a payload whose size the kind and the layout fix::
     40      8     model version (i64; the item tower that produced an embedding)
     48      ...   EMBEDDING: f32[embedding_dim] · FEATURE: f32[1] · ELIGIBILITY: i64[words] · TOMBSTONE: none
 
+Kind 5 is no delta but a checkpoint marker (56 bytes, ``freshet.markers``): ``decode_batch`` lists where
+markers are and neither applies nor rejects them.
+
 Fixed-size records were chosen over Arrow IPC because a Kafka record holds one keyed delta: a one-row Arrow
 IPC stream of the same fields takes 1392 bytes for a 64-dim embedding against 304 here (schema and framing
 in every record; ``bench.core`` measures both), while fixed-size records of one kind decode as one numpy
@@ -185,6 +188,8 @@ def decode_delta(value: bytes, layout: TensorLayout) -> Delta:
     reason = _reason_of(batch)
     if reason is not None:
         raise DeltaDecodeError(reason)
+    if len(batch) == 0:
+        raise DeltaDecodeError("checkpoint_marker")  # a marker, no delta (``freshet.markers``)
     return batch.delta(0)
 
 
@@ -213,6 +218,8 @@ class DecodedBatch:
     feature_values: npt.NDArray[np.float32]  # float32[n_feature]
     eligibility_words: Ints  # int64[n_eligibility, words]
     rejected: dict[str, int] = field(default_factory=dict)
+    #: positions in the input of the checkpoint markers (``freshet.markers``): not deltas, not rejected
+    marker_index: Ints = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
 
     def __len__(self) -> int:
         return int(self.item_id.shape[0])
@@ -261,13 +268,16 @@ def decode_batch(values: Sequence[bytes], layout: TensorLayout) -> DecodedBatch:
     Vectorized: one pass over the concatenated bytes checks every header, then each kind's records are
     viewed as one structured array. Rejection reasons, first that applies: ``truncated``, ``bad_magic``,
     ``codec_version``, ``layout_hash``, ``unknown_kind``, ``length``, ``reserved``, ``region``,
-    ``negative_version``, ``non_finite``, ``eligibility_padding``.
+    ``negative_version``, ``non_finite``, ``eligibility_padding``. Checkpoint markers are neither decoded
+    nor rejected: their positions are ``marker_index`` (``freshet.markers`` reads them).
     """
-    parts, rejected = decode_records(values, layout)
-    return _assemble(parts, rejected, layout)
+    parts, rejected, markers = decode_records(values, layout)
+    return _assemble(parts, rejected, markers, layout)
 
 
-def _assemble(parts: list[KindPart], rejected: dict[str, int], layout: TensorLayout) -> DecodedBatch:
+def _assemble(
+    parts: list[KindPart], rejected: dict[str, int], markers: Ints, layout: TensorLayout
+) -> DecodedBatch:
     header = np.concatenate([p.header for p in parts])
     emb, feat, elig, _ = (p.values for p in parts)
     return DecodedBatch(
@@ -283,6 +293,7 @@ def _assemble(parts: list[KindPart], rejected: dict[str, int], layout: TensorLay
         feature_values=np.ascontiguousarray(feat, dtype=np.float32).reshape(-1),
         eligibility_words=np.ascontiguousarray(elig, dtype=np.int64).reshape(-1, layout.eligibility_words),
         rejected=rejected,
+        marker_index=markers,
     )
 
 

@@ -30,6 +30,9 @@ Bytes = npt.NDArray[np.uint8]
 MAGIC = b"FD"
 CODEC_VERSION = 1
 HEADER_BYTES = 48
+#: a checkpoint marker (``freshet.markers``): not a delta; decoded apart, never applied, never a rejection
+MARKER_KIND = 5
+MARKER_BYTES = 56
 
 HEADER_STRUCT = struct.Struct("<2sBBHH8sqqqq")
 HEADER_FIELDS: list[tuple[str, str]] = [
@@ -66,8 +69,11 @@ def record_bytes(kind: DeltaKind, layout: TensorLayout) -> int:
     return HEADER_BYTES + payload
 
 
-def decode_records(values: Sequence[bytes], layout: TensorLayout) -> tuple[list[KindPart], dict[str, int]]:
-    """The valid records of each kind (in ``DeltaKind`` order) and the count of the others by reason."""
+def decode_records(
+    values: Sequence[bytes], layout: TensorLayout
+) -> tuple[list[KindPart], dict[str, int], Ints]:
+    """The valid records of each kind (in ``DeltaKind`` order), the count of the others by reason, and the
+    positions of the checkpoint markers (neither deltas nor rejected)."""
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     joined = np.frombuffer(b"".join(values), dtype=np.uint8)
     starts = np.cumsum(lengths) - lengths
@@ -78,13 +84,14 @@ def decode_records(values: Sequence[bytes], layout: TensorLayout) -> tuple[list[
         part = _decode_kind(kind, joined, chosen, starts[chosen], header[chosen], layout)
         reason[chosen] = part.reason
         parts.append(part)
-    return parts, _count_reasons(reason)
+    return parts, _count_reasons(reason), np.flatnonzero(reason == _MARKER).astype(np.int64)
 
 
 _REASONS = ("ok", "truncated", "bad_magic", "codec_version", "layout_hash", "unknown_kind", "length",
-            "reserved", "region", "negative_version", "non_finite", "eligibility_padding")  # fmt: skip
+            "reserved", "region", "negative_version", "non_finite", "eligibility_padding", "marker")  # fmt: skip
 _OK = 0
 _CODE = {name: code for code, name in enumerate(_REASONS)}
+_MARKER = _CODE["marker"]
 EMBEDDING_LIMIT = {"float32": np.inf, "float16": 65504.0, "bfloat16": 3.3895313892515355e38}
 
 
@@ -107,6 +114,8 @@ def _check_headers(
     header = np.zeros(lengths.shape[0], dtype=HEADER_DTYPE)
     full = lengths >= HEADER_BYTES
     header[full] = _rows(joined, starts[full], HEADER_BYTES).view(HEADER_DTYPE)[:, 0]
+    _flag(reason, (lengths == MARKER_BYTES) & (header["kind"] == MARKER_KIND) & (header["magic"] == _MAGIC_U16)
+          & (header["codec"] == CODEC_VERSION), "marker")  # fmt: skip
     _flag(reason, ~full, "truncated")
     _flag(reason, header["magic"] != _MAGIC_U16, "bad_magic")
     _flag(reason, header["codec"] != CODEC_VERSION, "codec_version")
@@ -189,4 +198,5 @@ def padding_mask(layout: TensorLayout) -> npt.NDArray[np.uint64]:
 
 def _count_reasons(reason: npt.NDArray[np.int8]) -> dict[str, int]:
     counts = np.bincount(reason.astype(np.int64), minlength=len(_REASONS))
-    return {name: int(counts[code]) for code, name in enumerate(_REASONS) if code != _OK and counts[code]}
+    return {name: int(counts[code]) for code, name in enumerate(_REASONS)
+            if code not in (_OK, _MARKER) and counts[code]}  # fmt: skip

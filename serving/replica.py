@@ -14,7 +14,7 @@ import logging
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +26,7 @@ from freshet.layout import TensorLayout
 from freshet.model import IndexModel
 from freshet.model_state import state_digest
 from freshet.snapshot import Manifest
+from serving.alignment import ReplicaAlignment
 from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
 from serving.metrics import ReplicaMetrics
 from serving.models import Generation, Generations, ModelRefusedError, ModelStore, ModelSwitchError, coverage
@@ -51,6 +52,8 @@ class ReplicaState:
     digest: str
     items: int
     ready: bool
+    #: the newest completed Flink checkpoint this state includes (``serving.alignment``), if known
+    flink_checkpoint: str | None = None
 
 
 @dataclass(frozen=True)
@@ -71,6 +74,7 @@ class SnapshotTaken:
     model_version: int
     digest: str
     items: int
+    flink_checkpoint: str | None = None
 
 
 class Replica:
@@ -90,6 +94,7 @@ class Replica:
         self.name = name or f"{settings.host}:{settings.port}"
         self.metrics = metrics or ReplicaMetrics()
         self._offsets: dict[int, int] = {}
+        self._alignment = ReplicaAlignment(settings.checkpoint_dir)  # guarded by _cut_lock, like the offsets
         self._cut_lock = threading.Lock()
         self.models = ModelStore(settings.model_dir, layout)
         empty = Generation(IndexModel(layout, capacity=settings.initial_capacity), towers=None)
@@ -169,6 +174,8 @@ class Replica:
         index, manifest, path = found
         version = manifest.model_version
         self._install(Generation(index, self.models.try_load(version) if version else None), manifest.offsets)
+        with self._cut_lock:
+            self._alignment.reset(manifest.flink_checkpoint)
         self.started_from = path
         return manifest
 
@@ -201,7 +208,8 @@ class Replica:
     def state(self) -> ReplicaState:
         with self._cut_lock:
             model = self.model
-            return ReplicaState(
+            candidates = self._alignment.candidates()
+            state = ReplicaState(
                 model_version=model.model_version,
                 layout_hash=self.layout.layout_hash,
                 offsets=dict(self._offsets),
@@ -209,6 +217,7 @@ class Replica:
                 items=len(model),
                 ready=self.ready,
             )
+        return replace(state, flink_checkpoint=self._alignment.name(candidates))
 
     def _newest_event_age_s(self) -> float:
         newest = self._newest_event_ms
@@ -221,11 +230,13 @@ class Replica:
         Bad records are counted by reason and skipped; they never stop the stream.
         """
         started = time.perf_counter()
-        values = [r.value for r in records if r.value is not None]
+        kept = [r for r in records if r.value is not None]
+        values = [r.value for r in kept if r.value is not None]
         if len(values) < len(records):
             self.metrics.rejected.labels(reason="null_value").inc(len(records) - len(values))
         batch = self._decode(values)
         with self._cut_lock:
+            self._alignment.observe(batch, values, [r.partition for r in kept])
             applied, stale, rejected = self._apply(batch)
             self._offsets.update(positions)
             self._since_snapshot += len(records)
@@ -254,7 +265,11 @@ class Replica:
                 self.metrics.rejected.labels(reason="undecodable").inc()
                 continue
             good.append(value)
-        return decode_batch(good, self.layout) if good else None
+        if not good:
+            return None
+        batch = decode_batch(good, self.layout)
+        # marker positions refer to ``good``, not to the polled records: drop them (alignment waits a checkpoint)
+        return replace(batch, marker_index=batch.marker_index[:0]) if len(good) < len(values) else batch
 
     def _apply(self, batch: DecodedBatch | None) -> tuple[int, int, dict[str, int]]:
         if batch is None:
@@ -332,9 +347,12 @@ class Replica:
                 model, offsets = self.model, dict(self._offsets)
                 state = model.export_state()
                 since = self._since_snapshot
-            path = self.snapshots.write(state, offsets)
+                candidates = self._alignment.candidates()
+            checkpoint = self._alignment.name(candidates)
+            path = self.snapshots.write(state, offsets, checkpoint)
             taken = SnapshotTaken(path=path, offsets=offsets, model_version=state.model_version,
-                                  digest=state_digest(state), items=int(state.valid.sum()))  # fmt: skip
+                                  digest=state_digest(state), items=int(state.valid.sum()),
+                                  flink_checkpoint=checkpoint)  # fmt: skip
             with self._cut_lock:
                 self._since_snapshot -= since
                 self._last_snapshot_at = time.monotonic()

@@ -83,6 +83,9 @@ class StateResponse(BaseModel):
     items: int
     ready: bool
     started_from_snapshot: str | None
+    flink_checkpoint: str | None = Field(
+        None, description="newest completed Flink checkpoint (chk-N directory) this state includes, if known"
+    )
     query_tower: bool = Field(description="whether the active version has a query tower (user queries)")
     standby_version: int | None = Field(description="model version beside the active one, if any")
     standby_role: str | None = Field(description="staged (to switch to) or previous (to roll back to)")

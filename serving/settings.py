@@ -41,6 +41,11 @@ class Settings(BaseModel):
         100_000, ge=0, description="snapshot after this many applied records (0: never by count)"
     )
     snapshot_retention: int = Field(3, ge=1, description="keep the newest K snapshots, delete older ones")
+    checkpoint_dir: Path | None = Field(
+        None,
+        description="the delta job's retained checkpoints (its --checkpoint-dir): snapshots name the newest "
+        "completed checkpoint they include; unset: they name none",
+    )
     admin_token: SecretStr | None = Field(
         None, description="bearer token for /admin/*; unset means the admin endpoints are disabled"
     )

@@ -71,10 +71,15 @@ class SnapshotStore:
             return model, manifest, path
         return None
 
-    def write(self, state: ModelState, offsets: Mapping[int, int]) -> Path:
-        """Write ``state`` (a copy taken at the cut) with the ``offsets`` it includes; prune old snapshots."""
+    def write(
+        self, state: ModelState, offsets: Mapping[int, int], flink_checkpoint: str | None = None
+    ) -> Path:
+        """Write ``state`` (a copy taken at the cut) with the ``offsets`` and the Flink checkpoint it includes;
+        prune old snapshots."""
         started = time.perf_counter()
-        path = write_snapshot(state, self.root, dict(offsets), topic=self.topic)
+        path = write_snapshot(
+            state, self.root, dict(offsets), topic=self.topic, flink_checkpoint=flink_checkpoint
+        )
         self.metrics.snapshot_seconds.observe(time.perf_counter() - started)
         self.metrics.snapshots_written.inc()
         self.prune()

@@ -48,6 +48,7 @@ from freshet.deltas import DeltaKind, batch_of, decode_batch, decode_delta
 from freshet.eligibility import EligibilityEncoder
 from freshet.events import Event
 from freshet.job_logic import EventParser
+from freshet.markers import is_marker
 from freshet.model import IndexModel
 from freshet.publish import publish_model
 from freshet.versions import eligibility_version, embedding_version
@@ -318,7 +319,7 @@ def _embed_and_check(setup: Setup, job: Driver, ids: list[int], tower_seed: int,
     deadline, got = time.monotonic() + 30, {}
     while time.monotonic() < deadline and got.keys() != set(ids):
         records = kafka_helpers.read_topic(setup.servers, setup.deltas, timeout_s=2)
-        deltas = (decode_delta(r.value, LAYOUT) for r in records)
+        deltas = (decode_delta(r.value, LAYOUT) for r in records if not is_marker(r.value))
         got = {d.item_id: d for d in deltas if d.kind == DeltaKind.EMBEDDING and d.item_id in ids}
     if got.keys() != set(ids):
         job.fail(f"embeddings of {ids} not committed within 30 s: {sorted(got)}")
@@ -378,16 +379,16 @@ def _expected(engagement: list[bytes], items: list[bytes], attributes: list[byte
 def _read_until(
     servers: str, topic: str, expected: dict[str, Any], timeout_s: float, job: Driver
 ) -> list[Any]:
-    """Committed delta records, read until every expected delta is there (or ``timeout_s``)."""
+    """Committed delta records (checkpoint markers left out), read until every expected delta is there."""
     consumer = kafka_helpers.assigned_consumer(servers, topic, "read_committed")
     records: list[Any] = []
     deadline = time.monotonic() + timeout_s
     want = len(expected["features"]) + len(expected["eligibility"]) + len(expected["embeddings"])
     try:
         while time.monotonic() < deadline:
-            records += kafka_helpers.drain(consumer, timeout_s=1)
+            records += [r for r in kafka_helpers.drain(consumer, timeout_s=1) if not is_marker(r.value)]
             if len(_distinct(records)) >= want:
-                records += kafka_helpers.drain(consumer, timeout_s=2)  # anything extra shows up too
+                records += [r for r in kafka_helpers.drain(consumer, timeout_s=2) if not is_marker(r.value)]
                 return records
     finally:
         consumer.close()

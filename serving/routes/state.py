@@ -27,6 +27,7 @@ def state(replica: ReplicaDep) -> StateResponse:
         items=s.items,
         ready=s.ready,
         started_from_snapshot=str(replica.started_from) if replica.started_from else None,
+        flink_checkpoint=s.flink_checkpoint,
         query_tower=replica.generation.towers is not None,
         standby_version=standby.version if standby else None,
         standby_role=replica.generations.standby_role if standby else None,

@@ -1,0 +1,274 @@
+"""Fault injection with real processes on the embedded broker: SIGKILL the Flink job (its whole process group:
+driver, JVM with the MiniCluster, Python workers) and the replica at seeded random moments, recover as an
+operator would, and hold the replica's final digest to the oracle's applied state.
+
+One run (``test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state``):
+
+(a) round one of the stream in three paced parts; after each of the first two parts the job is killed at a
+    random moment and restored from the latest retained checkpoint (``freshet job restore``); a replica runs
+    throughout; once round one is in, its digest must equal the oracle's;
+(c) round two, first part; the job *and* the replica are killed; ``freshet replay`` of an older snapshot
+    (chosen at random among those naming a checkpoint) restores the job from the checkpoint that snapshot
+    names and starts a replica from it; the rest of round two follows; the new replica must end at the
+    oracle's digest. Round two's last event fires every open window, and only the restored job sees it, so
+    this fails if the job's state from that checkpoint is wrong or the snapshot's cut is not aligned with it.
+
+(b) ``test_replica_killed_during_snapshot_writes_recovers_the_same_digest``: kill -9 while a snapshot is being
+    written (kill -9 mid-apply is ``tests/test_serving_process.py``).
+
+Kill points come from ``FRESHET_FAULT_SEED`` (printed). ``bench/faults.py`` runs more of them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import shlex
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from faults_helpers import (
+    kill_group,
+    latest_checkpoint,
+    make_stream,
+    newest_snapshot_model,
+    oracle_model,
+    pace,
+    reaped,
+    restore_argv,
+    rows_wrong,
+    start_job,
+)
+from flink_driver import DriverProcess, stop_group
+from test_job_flink import FS_DEFS, LAYOUT, Setup, _require_flink
+from test_serving_process import ServeProcess
+
+from freshet.broker import free_port
+from freshet.snapshot import list_snapshots, load_snapshot
+from serving.testing import DeltaProducer, random_deltas, send_in_transactions, wait_until
+
+pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.http]
+
+SEED = int(os.environ.get("FRESHET_FAULT_SEED", "6"))
+
+
+def replica_args(setup: Setup, snapshots: Path, checkpoints: Path) -> list[str]:
+    return ["--bootstrap-servers", setup.servers, "--delta-topic", setup.deltas, "--feature-defs", str(FS_DEFS),
+            "--model-dir", str(setup.models), "--snapshot-dir", str(snapshots), "--checkpoint-dir", str(checkpoints),
+            "--snapshot-every-s", "1", "--snapshot-every-deltas", "0", "--snapshot-retention", "500",
+            "--poll-batch-size", "200"]  # fmt: skip
+
+
+def wait_for_digest(get_state: Any, want: str, timeout_s: float, what: str) -> dict[str, Any] | None:
+    """The replica's state once its digest is ``want``; ``None`` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        state = get_state()
+        if state is not None and state["digest"] == want:
+            return dict(state)
+        time.sleep(0.5)
+    print(f"{what}: digest not reached within {timeout_s} s")
+    return None
+
+
+def http_state(serve: ServeProcess) -> Any:
+    response = serve.get("/v1/state")
+    return response.json() if response is not None and response.status_code == 200 else None
+
+
+def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int) -> dict[str, Any]:
+    """The whole scenario of the module docstring; returns its figures (kills, rows wrong)."""
+    rng = random.Random(seed)
+    stream = make_stream(seed)
+    want1 = oracle_model(stream.round1, stream.attributes)
+    want2 = oracle_model(stream.round1 + stream.round2, stream.attributes)
+    checkpoints = tmp_path / "checkpoints"
+    parts = [stream.round1[:200], stream.round1[200:400], stream.round1[400:]]
+    figures: dict[str, Any] = {"seed": seed, "kill_after_s": [], "job_kills": 0, "replica_kills": 0}
+    kafka_attrs = stream.attributes
+    setup.produce([], (), kafka_attrs)
+    replica = ServeProcess(replica_args(setup, tmp_path / "r1", checkpoints), tmp_path / "r1.log")
+    procs: list[subprocess.Popen[Any]] = [replica.proc]
+    with reaped(procs):
+        job = start_job(setup.run_argv(tmp_path), tmp_path / "job0")
+        procs.append(job.proc)
+        for i, part in enumerate(parts):
+            sending = pace(setup, part, seconds=2.0)
+            if i == len(parts) - 1:
+                sending.join()
+                break
+            job = kill_and_restore(job, rng, figures, checkpoints, tmp_path / f"job{i + 1}", procs)
+            sending.join()
+        state = wait_for_digest(lambda: http_state(replica), want1.digest(), 180, "round one")
+        figures["rows_wrong_a"] = 0 if state else rows_wrong(newest_snapshot_model(tmp_path / "r1"), want1)
+        assert state is not None, f"after round one the replica differs from the oracle: {figures}"
+
+        sending = pace(setup, stream.round2[:100], seconds=2.0)
+        delay = round(rng.uniform(0.3, 2.5), 2)
+        time.sleep(delay)
+        kill_group(job.proc)
+        figures["kill_after_s"].append(delay)
+        replica.stop(signal.SIGKILL)
+        figures["job_kills"] += 1
+        figures["replica_kills"] += 1
+        sending.join()
+        older = pick_older_snapshot(rng, tmp_path / "r1")
+        figures["replayed_snapshot"] = older["flink_checkpoint"]
+        replayed, port = start_replay(setup, Path(older["path"]), tmp_path, procs)
+        setup.produce(stream.round2[100:])
+        serve_state = lambda: _state_on(port)  # noqa: E731
+        state = wait_for_digest(serve_state, want2.digest(), 180, "after the replay")
+        figures["rows_wrong_c"] = 0 if state else rows_wrong(newest_snapshot_model(tmp_path / "r2"), want2)
+        assert state is not None, f"the replayed pipeline differs from the oracle: {figures}"
+        restored = replayed.rest("/checkpoints")["latest"]["restored"]["external_path"]
+        assert Path(restored.removeprefix("file:")) == Path(older["flink_checkpoint"]).resolve()
+        assert state["started_from_snapshot"].startswith(str(tmp_path / "r2"))
+        os.killpg(replayed.proc.pid, signal.SIGTERM)
+        replayed.proc.wait(timeout=120)
+        assert not stop_group(replayed.proc.pid, timeout_s=30), "replay left processes behind"
+    return figures
+
+
+def kill_and_restore(job: Any, rng: random.Random, figures: dict[str, Any], checkpoints: Path, work_dir: Path,
+                     procs: list[Any]) -> Any:  # fmt: skip
+    """SIGKILL the job's process group at a random moment once it has a checkpoint; restore the latest one."""
+    wait_until(lambda: latest_checkpoint(checkpoints, job.job_id) is not None, timeout_s=60,
+               what="a first checkpoint of the job")  # fmt: skip
+    delay = round(rng.uniform(0.2, 2.0), 2)
+    time.sleep(delay)
+    kill_group(job.proc)
+    figures["kill_after_s"].append(delay)
+    figures["job_kills"] += 1
+    checkpoint = latest_checkpoint(checkpoints)
+    assert checkpoint is not None
+    restored = start_job(restore_argv(checkpoint), work_dir)
+    procs.append(restored.proc)
+    return restored
+
+
+def pick_older_snapshot(rng: random.Random, root: Path) -> dict[str, Any]:
+    """A random snapshot, not the newest, that names a checkpoint still retained."""
+    named = []
+    for path in list_snapshots(root)[1:]:
+        _, manifest = load_snapshot(path, LAYOUT)
+        if manifest.flink_checkpoint and (Path(manifest.flink_checkpoint) / "_metadata").is_file():
+            named.append({"path": str(path), "flink_checkpoint": manifest.flink_checkpoint})
+    assert len(named) >= 2, f"too few snapshots naming a checkpoint under {root}: {named}"
+    return rng.choice(named[: max(2, len(named) // 2)])  # from the older half
+
+
+def start_replay(setup: Setup, snapshot: Path, tmp_path: Path, procs: list[Any]) -> tuple[DriverProcess, int]:
+    """``freshet replay`` in its own process group; its stdout carries the restored job's messages."""
+    port = free_port()
+    serve = ["--port", str(port), "--bootstrap", setup.servers, "--delta-topic", setup.deltas, "--models",
+             str(setup.models), "--snapshot-every-s", "1", "--snapshot-every-deltas", "0"]  # fmt: skip
+    argv = [sys.executable, "-m", "freshet.cli", "replay", str(snapshot), "--replica-dir", str(tmp_path / "r2"),
+            "--defs", str(FS_DEFS), "--serve-args", shlex.join(serve)]  # fmt: skip
+    work = tmp_path / "replay"
+    work.mkdir()
+    with (work / "driver.err").open("w") as err:
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=err, text=True,
+                                start_new_session=True)  # fmt: skip
+    procs.append(proc)
+    return DriverProcess(proc, work), port
+
+
+def _state_on(port: int) -> Any:
+    import httpx
+
+    try:
+        response = httpx.get(f"http://127.0.0.1:{port}/v1/state", timeout=5)
+    except httpx.TransportError:
+        return None
+    return response.json() if response.status_code == 200 else None
+
+
+def test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state(broker, make_topic, tmp_path) -> None:
+    _require_flink()
+    setup = Setup.make(broker, make_topic, tmp_path)
+    print(f"fault seed {SEED} (FRESHET_FAULT_SEED)")
+    figures = run_killed_and_replayed(setup, tmp_path, SEED)
+    print("faults:", json.dumps(figures))
+    assert figures["job_kills"] == 3 and figures["rows_wrong_a"] == figures["rows_wrong_c"] == 0
+
+
+def _kill_during_a_snapshot_write(serve: ServeProcess, snapshots: Path, rng: random.Random) -> float:
+    """SIGKILL the replica while a ``.tmp-snapshot-*`` write is in progress, once it has published a snapshot
+    of its own (so a complete one is there to recover from); returns the delay used."""
+    newest = lambda: list_snapshots(snapshots)[0].name if list_snapshots(snapshots) else ""  # noqa: E731
+    before = newest()
+    wait_until(lambda: newest() > before, timeout_s=60, interval_s=0.01, what="a new published snapshot")
+    wait_until(lambda: list(snapshots.glob(".tmp-snapshot-*")), timeout_s=60, interval_s=0.002,
+               what="a snapshot write in progress")  # fmt: skip
+    delay = round(rng.uniform(0.0, 0.02), 4)
+    time.sleep(delay)
+    assert serve.stop(signal.SIGKILL) == -signal.SIGKILL
+    assert list(snapshots.glob(".tmp-snapshot-*")), "the kill did not land inside a write; widen the window"
+    return delay
+
+
+def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(broker, make_topic, tmp_path) -> None:
+    """Two kill -9s inside snapshot writes (seeded delays), each followed by a restart on the same directory:
+    the partial writes are discarded, the newest complete snapshot loads, and the replica ends at the digest
+    of a replica that read the topic once."""
+    rng = random.Random(SEED)
+    topic = make_topic(partitions=3)
+    snapshots = tmp_path / "snapshots"
+    args = ["--bootstrap-servers", broker.bootstrap_servers, "--delta-topic", topic, "--feature-defs", str(FS_DEFS),
+            "--snapshot-dir", str(snapshots), "--snapshot-every-deltas", "1500", "--snapshot-every-s", "0",
+            "--poll-batch-size", "500", "--snapshot-retention", "2"]  # fmt: skip
+    deltas = random_deltas(LAYOUT, rng, 30_000, items=20_000)
+    producer = DeltaProducer(broker.bootstrap_servers, topic, LAYOUT)
+    sending = threading.Thread(target=send_in_transactions, args=(producer, deltas, rng))
+    delays, serves = [], []
+    try:
+        for i in range(2):
+            serves.append(ServeProcess(args, tmp_path / f"serve-{i}.log"))
+            if i == 0:
+                sending.start()
+            delays.append(_kill_during_a_snapshot_write(serves[-1], snapshots, rng))
+        assert sending.is_alive(), "the stream ended before the last kill; send more deltas"
+        sending.join()
+        last = ServeProcess(args, tmp_path / "serve-last.log")
+        serves.append(last)
+        state = last.state_when(producer.next_offsets, timeout_s=120)
+        assert state["started_from_snapshot"] is not None
+        assert not list(snapshots.glob(".tmp-snapshot-*")) or "deleted a partial snapshot write" in (
+            last.log_path.read_text()
+        )
+    finally:
+        sending.join() if sending.is_alive() else None
+        producer.close()
+        for serve in serves:
+            with contextlib.suppress(Exception):
+                serve.stop(signal.SIGKILL)
+    print(f"snapshot-write kills (seed {SEED}): delays {delays} s")
+    assert state["digest"] == _reference_digest(
+        broker.bootstrap_servers, topic, producer.next_offsets, tmp_path
+    )
+
+
+def _reference_digest(servers: str, topic: str, offsets: dict[str, int], tmp_path: Path) -> str:
+    """The digest of an in-process replica that read the whole topic once, never interrupted."""
+    from serving.replica import Replica
+    from serving.settings import Settings
+
+    settings = Settings.load({"bootstrap_servers": servers, "delta_topic": topic, "snapshot_dir": tmp_path / "ref",
+                              "snapshot_every_deltas": 0, "snapshot_every_s": 0}, environ={})  # fmt: skip
+    reference = Replica(LAYOUT, settings, name="reference")
+    wanted = {int(p): o for p, o in offsets.items()}
+    reference.start()
+    try:
+        wait_until(lambda: reference.ready and all(reference.offsets().get(p, 0) >= o for p, o in wanted.items()),
+                   timeout_s=120, what="the reference replica caught up")  # fmt: skip
+        return reference.state().digest
+    finally:
+        reference.stop()
