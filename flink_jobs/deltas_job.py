@@ -269,7 +269,14 @@ def _committed_else_earliest() -> Any:
 
 
 def register_sinks(t_env: StreamTableEnvironment, outputs: Outputs, settings: JobSettings) -> StatementSet:
-    """One exactly-once Kafka sink per output topic (each with its own transactional id prefix), in one job."""
+    """One exactly-once Kafka sink per output topic (each with its own transactional id prefix), in one job.
+
+    The sinks carry no explicit uid: a Table API ``INSERT`` takes none. The planner can stamp uids itself
+    (``table.exec.uid.generation = ALWAYS``), but only from a per-process counter of plan nodes (``<id>_<type>``),
+    which any change to the job graph shifts, and which would orphan the transactions of existing checkpoints;
+    Flink's own hash of the unchanged topology is as stable. A DataStream ``KafkaSink`` with a JVM record
+    serializer would take ``.uid()``; that is the way if sink uids must be pinned.
+    """
     statements = t_env.create_statement_set()
     targets = [("deltas", settings.delta_topic, outputs.deltas), ("dlq", settings.dlq_topic, outputs.dlq)]
     targets += [(f"late{i}", settings.topic(t), s) for i, (t, s) in enumerate(sorted(outputs.late.items()))]

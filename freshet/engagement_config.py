@@ -58,7 +58,9 @@ def _feature(feature: Feature, region: int) -> dict[str, Any]:
         "name": feature.name,
         "region": region,
         **window_config(WindowedAggregate.from_feature(feature)),
-        "filter": None if feature.filter is None else feature.filter.model_dump(by_alias=True, exclude_none=True),
+        "filter": None
+        if feature.filter is None
+        else feature.filter.model_dump(by_alias=True, exclude_none=True),
         "field": feature.field,
         "late_topic": feature.late.topic,
     }

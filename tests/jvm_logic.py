@@ -50,17 +50,25 @@ class JvmLogic:
                              for k, s, e, v, f, ts, wm, reason in answer["outputs"]]  # fmt: skip
         return answer
 
-    def engagement(self, feature_set: FeatureSet, source: str, steps: list[tuple[Any, ...]]) -> dict[str, Any]:
+    def engagement(
+        self, feature_set: FeatureSet, source: str, steps: list[tuple[Any, ...]]
+    ) -> dict[str, Any]:
         """``("event", raw, watermark)`` / ``("wm", watermark)`` over every item, as ``LogicRun`` drives Python."""
         script = [["event", s[1].decode("latin-1"), s[2]] if s[0] == "event" else list(s) for s in steps]
-        answer = self.request({"op": "engagement", "config": engagement_config(feature_set, source), "steps": script})
+        answer = self.request(
+            {"op": "engagement", "config": engagement_config(feature_set, source), "steps": script}
+        )
         answer["deltas"] = [bytes.fromhex(d) for d in answer["deltas"]]
         answer["lates"] = [(topic, record.encode()) for topic, record in answer["lates"]]
         return answer
 
     def parse(self, feature_set: FeatureSet, source: str, raws: list[bytes]) -> list[Any]:
         """Per raw record: ``[item_id, ts_ms]`` when the JVM accepts it, else its reason."""
-        doc = {"op": "parse", "config": engagement_config(feature_set, source), "raws": [r.decode("latin-1") for r in raws]}
+        doc = {
+            "op": "parse",
+            "config": engagement_config(feature_set, source),
+            "raws": [r.decode("latin-1") for r in raws],
+        }
         return list(self.request(doc)["results"])
 
 

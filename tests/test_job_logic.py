@@ -257,7 +257,11 @@ def test_embeddings_come_from_the_newest_compatible_model(tmp_path: Path) -> Non
 
 
 def _python_run(raws: list[bytes], watermarks: list[int], end: int) -> LogicRun:
-    parse, run, before = EventParser.of(FS, "engagement"), LogicRun(EngagementLogic(FS, "engagement")), NO_WATERMARK
+    parse, run, before = (
+        EventParser.of(FS, "engagement"),
+        LogicRun(EngagementLogic(FS, "engagement")),
+        NO_WATERMARK,
+    )
     for raw, watermark in zip(raws, watermarks, strict=True):
         event = parse(raw)
         if isinstance(event, Event):

@@ -548,17 +548,23 @@ def test_from_feature_takes_the_declared_default() -> None:
 # ---------------------------------------------------------------- the JVM window operator, held to the same tables
 
 
-def _jvm_compact(feature: WindowedAggregate, steps: list[Step]) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
+def _jvm_compact(
+    feature: WindowedAggregate, steps: list[Step]
+) -> tuple[dict[str, Any], list[tuple[Any, ...]]]:
     from jvm_logic import jvm
 
     answer = jvm().window(feature, steps)
-    return answer, [(o[0], o[1], o[2], o[3], o[4]) if o[0] == "fire" else (o[0], o[5]) for o in answer["outputs"]]
+    return answer, [
+        (o[0], o[1], o[2], o[3], o[4]) if o[0] == "fire" else (o[0], o[5]) for o in answer["outputs"]
+    ]
 
 
 @pytest.mark.parametrize(
     ("feature", "steps", "expected"), [s[1:] for s in SCENARIOS], ids=[s[0] for s in SCENARIOS]
 )
-def test_jvm_semantics(feature: WindowedAggregate, steps: list[Step], expected: list[tuple[Any, ...]]) -> None:
+def test_jvm_semantics(
+    feature: WindowedAggregate, steps: list[Step], expected: list[tuple[Any, ...]]
+) -> None:
     answer, got = _jvm_compact(feature, steps)
     assert got == expected
     state, _ = run(feature, steps)
@@ -607,7 +613,9 @@ def test_jvm_equals_python_on_any_script(
 ) -> None:
     """Watermarks need not rise here: each operator takes what it is given, and both must agree on anything."""
     spec = WindowSpec(size, slide_ms=min(slide, size) if slide < size else None)
-    feature = WindowedAggregate(spec, aggregation, allowed_lateness_ms=lateness_ms, late_policy=policy, default=-1.5)  # type: ignore[arg-type]
+    feature = WindowedAggregate(
+        spec, aggregation, allowed_lateness_ms=lateness_ms, late_policy=policy, default=-1.5
+    )  # type: ignore[arg-type]
     numeric = aggregation not in ("count", "approx_distinct")
     steps = [s if s[0] == "wm" or not numeric or not isinstance(s[3], str) else (*s[:3], 2.5) for s in steps]
     state, expected = run(feature, steps)
@@ -630,6 +638,11 @@ def test_jvm_equals_python_on_many_values(aggregation: str) -> None:
     steps: list[Step] = [("event", rng.randrange(0, 2_000), i // 2 - 100, v) for i, v in enumerate(values)]
     steps.append(("wm", END_OF_STREAM))
     got, expected = _jvm_compact(feature, steps)[1], run(feature, steps)[1]
-    if aggregation == "approx_distinct":  # the sketch's log() may differ from libm's in the last bit of a double:
-        got, expected = ([o if o[0] != "fire" else (*o[:3], float(np.float32(o[3])), o[4]) for o in outs] for outs in (got, expected))
+    if (
+        aggregation == "approx_distinct"
+    ):  # the sketch's log() may differ from libm's in the last bit of a double:
+        got, expected = (
+            [o if o[0] != "fire" else (*o[:3], float(np.float32(o[3])), o[4]) for o in outs]
+            for outs in (got, expected)
+        )
     assert got == expected  # equal as the float32 a delta carries
