@@ -83,11 +83,21 @@ def build_pipeline(
     dlq: list[DataStream] = []
     late: dict[str, list[DataStream]] = {}
     for name, raw in sources.items():
+        jvm = name in windowed_sources(feature_set) and settings.window_operator == "jvm"
+        if jvm:  # the engagement path in the JVM: its own parse, per-partition watermarks from the source
+            out, late_by_topic, refused = _windowed_jvm(raw, feature_set, name)
+            deltas.append(out)
+            dlq.append(refused)
+            for topic, stream in late_by_topic.items():
+                late.setdefault(topic, []).append(stream)
+        if jvm and not _feeds_python(feature_set, name):
+            continue
         tag = OutputTag(f"dlq-{name}", keyed_bytes_type())  # a fresh type per tag (ENVIRONMENT.md)
         parsed = raw.process(ParseEvents(feature_set, name, tag)).name(f"parse {name}").uid(f"parse-{name}")
-        dlq.append(parsed.get_side_output(tag))
+        if not jvm:  # else the JVM parser already sent this source's bad records
+            dlq.append(parsed.get_side_output(tag))
         events = _with_event_time(parsed, feature_set, name)
-        if name in windowed_sources(feature_set):
+        if name in windowed_sources(feature_set) and not jvm:
             out, late_by_topic = _windowed(events, feature_set, name)
             deltas.append(out)
             for topic, stream in late_by_topic.items():
@@ -138,6 +148,48 @@ def _windowed(
     return out, {topic: out.get_side_output(tag) for topic, tag in tags.items()}
 
 
+def _feeds_python(feature_set: FeatureSet, name: str) -> bool:
+    """Whether source ``name`` also feeds eligibility or the embedding (Python operators)."""
+    eligibility = feature_set.eligibility is not None and feature_set.eligibility.source == name
+    return eligibility or feature_set.embedding.source == name
+
+
+def jvm_watermarks(feature_set: FeatureSet, name: str) -> Any:
+    """The declared watermark of a JVM-windowed source, event time read in the JVM: for its Kafka source, where
+    it makes watermarks per partition (split), idle partitions excluded after the declared idle timeout."""
+    from pyflink.common import WatermarkStrategy
+    from pyflink.java_gateway import get_gateway
+
+    from freshet.engagement_config import engagement_config_json
+
+    config = engagement_config_json(feature_set, name)
+    return WatermarkStrategy(get_gateway().jvm.dev.freshet.flink.EngagementJob.watermarks(config))
+
+
+def _windowed_jvm(
+    raw: DataStream, feature_set: FeatureSet, name: str
+) -> tuple[DataStream, dict[str, DataStream], DataStream]:
+    """Deltas, too-late events by topic, and dead letters of ``raw`` (which must carry event-time watermarks:
+    ``jvm_watermarks``), computed by ``dev.freshet.flink.EngagementJob``; only bad records come back to Python."""
+    from pyflink.datastream import DataStream
+    from pyflink.java_gateway import get_gateway
+
+    from flink_jobs.functions import DeadLetters
+    from freshet.engagement_config import engagement_config_json
+
+    built = get_gateway().jvm.dev.freshet.flink.EngagementJob.build(
+        raw._j_data_stream, engagement_config_json(feature_set, name)
+    )
+    late = {str(topic): DataStream(built.late(topic)) for topic in built.lateTopics()}
+    dlq = (
+        DataStream(built.refused())
+        .map(DeadLetters(feature_set, name), output_type=keyed_bytes_type())
+        .name(f"dead letters {name}")
+        .uid(f"dead-letters-{name}")
+    )
+    return DataStream(built.deltas()), late, dlq
+
+
 def _eligibility(events: DataStream, feature_set: FeatureSet, name: str) -> DataStream:
     from flink_jobs.functions import EligibilityDeltas
 
@@ -178,8 +230,11 @@ def _union(streams: Sequence[DataStream]) -> DataStream:
 # ------------------------------------------------------------------ Kafka around it
 
 
-def kafka_source(env: StreamExecutionEnvironment, settings: JobSettings, topic: str, name: str) -> DataStream:
-    """Raw record values of ``topic``: from the job's committed offsets, else the earliest; committed on checkpoints."""
+def kafka_source(
+    env: StreamExecutionEnvironment, settings: JobSettings, topic: str, name: str, watermarks: Any = None
+) -> DataStream:
+    """Raw record values of ``topic``: from the job's committed offsets, else the earliest; committed on checkpoints.
+    With ``watermarks`` (a ``WatermarkStrategy``) the source makes them, per partition; else none."""
     from pyflink.common import Types, WatermarkStrategy
     from pyflink.common.serialization import ByteArraySchema
     from pyflink.datastream.connectors.kafka import (
@@ -196,9 +251,8 @@ def kafka_source(env: StreamExecutionEnvironment, settings: JobSettings, topic: 
         .set_property("commit.offsets.on.checkpoint", "true")
         .build()
     )
-    stream = env.from_source(
-        source, WatermarkStrategy.no_watermarks(), f"kafka {topic}", Types.PRIMITIVE_ARRAY(Types.BYTE())
-    )
+    strategy = WatermarkStrategy.no_watermarks() if watermarks is None else watermarks
+    stream = env.from_source(source, strategy, f"kafka {topic}", Types.PRIMITIVE_ARRAY(Types.BYTE()))
     return stream.uid(f"source-{name}")
 
 
@@ -215,7 +269,14 @@ def _committed_else_earliest() -> Any:
 
 
 def register_sinks(t_env: StreamTableEnvironment, outputs: Outputs, settings: JobSettings) -> StatementSet:
-    """One exactly-once Kafka sink per output topic (each with its own transactional id prefix), in one job."""
+    """One exactly-once Kafka sink per output topic (each with its own transactional id prefix), in one job.
+
+    The sinks carry no explicit uid: a Table API ``INSERT`` takes none. The planner can stamp uids itself
+    (``table.exec.uid.generation = ALWAYS``), but only from a per-process counter of plan nodes (``<id>_<type>``),
+    which any change to the job graph shifts, and which would orphan the transactions of existing checkpoints;
+    Flink's own hash of the unchanged topology is as stable. A DataStream ``KafkaSink`` with a JVM record
+    serializer would take ``.uid()``; that is the way if sink uids must be pinned.
+    """
     from flink_jobs.markers import with_checkpoint_markers
 
     statements = t_env.create_statement_set()
@@ -250,7 +311,9 @@ def submit(settings: JobSettings) -> JobClient:
     used = [*windowed_sources(feature_set), feature_set.embedding.source]
     if feature_set.eligibility is not None:
         used.append(feature_set.eligibility.source)
-    sources = {name: kafka_source(env, settings, settings.topic(feature_set.source(name).topic), name)
+    jvm = settings.pipeline.window_operator == "jvm"
+    sources = {name: kafka_source(env, settings, settings.topic(feature_set.source(name).topic), name,
+                                  jvm_watermarks(feature_set, name) if jvm and name in windowed_sources(feature_set) else None)
                for name in dict.fromkeys(used)}  # fmt: skip
     outputs = build_pipeline(env, sources, feature_set, settings.pipeline)
     client = register_sinks(t_env, outputs, settings).execute().get_job_client()

@@ -92,6 +92,27 @@ class ParseEvents(ProcessFunction):
             yield parsed
 
 
+class DeadLetters(MapFunction):
+    """``Row(jvm_reason, raw)`` refused by the JVM parser → the dead-letter record, written by the Python parser
+    so the DLQ keeps one wording (the JVM's reason only if the two disagree, which the tests rule out)."""
+
+    def __init__(self, feature_set: FeatureSet, source: str) -> None:
+        self._feature_set, self._source = feature_set, source
+
+    def open(self, runtime_context: RuntimeContext) -> None:
+        self._parse = EventParser.of(self._feature_set, self._source)
+        self._counters = Counters(
+            runtime_context.get_metrics_group(), tuple(f"rejected_{c}" for c in REASON_CODES)
+        )
+
+    def map(self, value: Row) -> Row:
+        jvm_reason, raw = value[0], bytes(value[1])
+        parsed = self._parse(raw)
+        rejected = parsed if isinstance(parsed, Rejected) else Rejected(self._source, jvm_reason, raw)
+        self._counters.inc(f"rejected_{rejected.reason_code}")
+        return Row(self._source, rejected.to_dlq_json())
+
+
 def item_id_of(event: Event) -> int:
     """The key of the windowed features: the item id."""
     return event.item_id

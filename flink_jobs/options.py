@@ -31,6 +31,8 @@ class PipelineSettings:
     model_poll_ms: int = 5_000
     #: keys of the embedding operator (item id modulo this): its parallelism at most
     embed_shards: int = 1
+    #: windowed features in the JVM (``dev.freshet.flink``, the fast path) or in the Python ``WindowedFeatures``
+    window_operator: str = "jvm"
 
 
 @dataclass(frozen=True)
@@ -88,6 +90,7 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
     add("--embed-batch-size", type=int, help="items per item-tower call (default 64)")
     add("--embed-linger-ms", type=int, help="longest wait to fill an embedding batch (default 200)")
     add("--model-poll-ms", type=int, help="how often to look for a newer published model (default 5000)")
+    add("--window-operator", choices=("jvm", "python"), help="where windowed features run (default jvm)")
     add("--log-dir", type=Path, help="Flink log directory")
     add("--conf", action="append", metavar="KEY=VALUE", help="any Flink configuration option")
 
@@ -115,6 +118,7 @@ def settings_from_args(args: argparse.Namespace, restore_path: str | None = None
         embed_linger_ms=pick("embed_linger_ms", 200),
         model_poll_ms=pick("model_poll_ms", 5_000),
         embed_shards=parallelism,
+        window_operator=pick("window_operator", "jvm"),
     )
     return JobSettings(
         args.bootstrap,
@@ -166,7 +170,7 @@ def settings_argv(settings: JobSettings) -> list[str]:
         "checkpoint-interval-ms": flink.checkpoint_interval_ms, "checkpoint-dir": Path(flink.checkpoint_dir).resolve(),
         "parallelism": flink.parallelism, "rest-port": flink.rest_ports,
         "embed-batch-size": pipeline.embed_batch_size, "embed-linger-ms": pipeline.embed_linger_ms,
-        "model-poll-ms": pipeline.model_poll_ms,
+        "model-poll-ms": pipeline.model_poll_ms, "window-operator": pipeline.window_operator,
     }  # fmt: skip
     argv = [item for name, value in options.items() for item in (f"--{name}", str(value))]
     if settings.group_id:

@@ -1,9 +1,11 @@
 """The delta job for real: PyFlink on the local MiniCluster, the embedded broker, the committed deltas applied
 to an ``IndexModel`` and held to an oracle computed from the same raw events.
 
-How the outcome is made deterministic without luck: the engagement topic has one partition, and every
-engagement event is at most 4 s behind the greatest event time before it (the declared out-of-orderness is
-5 s). Whenever Flink's periodic watermark falls, no event arrives behind it, so each window fires exactly
+How the outcome is made deterministic without luck: every engagement event is at most 4 s behind the greatest
+event time before it in its partition (the declared out-of-orderness is 5 s). The engagement topic has two
+partitions, watermarked each on its own in the Kafka source: the first few events go to partition 1, which then
+stays idle, so the late phase below can only meet its watermark once the idle timeout (3 s in this test's copy of
+the YAML) has taken partition 1 out of the minimum. Whenever Flink's periodic watermark falls, no event arrives behind it, so each window fires exactly
 once, on time, with all its events, whatever the timing; a last event days later pushes the watermark past
 every window. The oracle (``freshet.replay`` per feature) therefore sees the bounded-out-of-orderness
 watermark after each event. Late data and its policies are covered by the pure tests (``test_job_logic``).
@@ -113,13 +115,16 @@ def running(argv: list[str], work_dir: Path) -> Any:
             assert not left, f"processes of the Flink job outlived it and were killed: {left}"
 
 
-def _produce_to_partition(servers: str, topic: str, values: list[bytes]) -> None:
+IDLE_PARTITION_EVENTS = 5  # the first engagement events, on partition 1, which then falls idle
+
+
+def _produce_to_partition(servers: str, topic: str, values: list[bytes], partition: int = 0) -> None:
     from kafka import KafkaProducer
 
     producer = KafkaProducer(bootstrap_servers=servers, acks="all", linger_ms=5)
     try:
         for value in values:
-            producer.send(topic, value=value, partition=0)
+            producer.send(topic, value=value, partition=partition)
         producer.flush()
     finally:
         producer.close()
@@ -139,21 +144,23 @@ class Setup:
     deltas: str
     dlq: str
     models: Path
+    defs: Path
 
     @classmethod
     def make(cls, broker: EmbeddedBroker, make_topic: Any, tmp_path: Path) -> Setup:
         raw = {
-            "engagement": make_topic(1, "engagement"),
+            "engagement": make_topic(2, "engagement"),
             "items.published": make_topic(2, "items"),
             "item.attributes": make_topic(2, "attributes"),
             "engagement.late": make_topic(1, "late"),
         }
         models = tmp_path / "models"
         publish_model(models, "two_tower", two_tower(0), layout_hash=LAYOUT.layout_hash)
-        return cls(broker.bootstrap_servers, raw, make_topic(3, "deltas"), make_topic(1, "dlq"), models)
+        return cls(broker.bootstrap_servers, raw, make_topic(3, "deltas"), make_topic(1, "dlq"), models,
+                   _short_idle_defs(tmp_path / "defs"))  # fmt: skip
 
     def run_argv(self, tmp_path: Path) -> list[str]:
-        argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", self.servers, "--defs", str(FS_DEFS),
+        argv = [sys.executable, "-m", "freshet.cli", "job", "run", "--bootstrap", self.servers, "--defs", str(self.defs),
                 "--models", str(self.models), "--delta-topic", self.deltas, "--dlq-topic", self.dlq,
                 "--checkpoint-dir", str(tmp_path / "checkpoints"), "--log-dir", str(tmp_path / "flink-log"),
                 "--job-name", f"test-{self.deltas}", "--model-poll-ms", "500", "--embed-linger-ms", "100",
@@ -162,10 +169,23 @@ class Setup:
             argv += ["--topic", f"{declared}={actual}"]
         return argv
 
-    def produce(self, engagement: list[bytes], items: list[bytes] = (), attributes: list[bytes] = ()) -> None:  # type: ignore[assignment]
+    def produce(self, engagement: list[bytes], items: list[bytes] = (), attributes: list[bytes] = (),  # type: ignore[assignment]
+                idle_partition: list[bytes] = ()) -> None:  # type: ignore[assignment]  # fmt: skip
+        _produce_to_partition(self.servers, self.raw["engagement"], list(idle_partition), partition=1)
         _produce_to_partition(self.servers, self.raw["engagement"], engagement)
         kafka_helpers.produce(self.servers, self.raw["items.published"], [(None, v) for v in items])
         kafka_helpers.produce(self.servers, self.raw["item.attributes"], [(None, v) for v in attributes])
+
+
+def _short_idle_defs(target: Path) -> Path:
+    """The feature definitions with the engagement source's idle timeout at 3 s (the declared 30 s would make the
+    test wait): the job reads it from the YAML like any other declaration."""
+    shutil.copytree(FS_DEFS, target)
+    sources = target / "sources.yaml"
+    text = sources.read_text()
+    assert text.count("idle_timeout: 30s") == 1, "the engagement source declares a 30 s idle timeout"
+    sources.write_text(text.replace("idle_timeout: 30s", "idle_timeout: 3s"))
+    return target
 
 
 def streams(seed: int) -> tuple[list[bytes], list[bytes], list[bytes]]:
@@ -217,7 +237,8 @@ def test_the_job_turns_raw_events_into_the_oracle_deltas_exactly_once(
         "and update within lateness"
     )
 
-    setup.produce([*ahead, BAD["engagement"][0]], items, attributes)
+    head = IDLE_PARTITION_EVENTS
+    setup.produce([*ahead[head:], BAD["engagement"][0]], items, attributes, idle_partition=ahead[:head])
     started = time.monotonic()
     with running(setup.run_argv(tmp_path), tmp_path) as job:
         _wait_for_watermark(job, "windows engagement", watermark_ms)

@@ -251,3 +251,81 @@ def test_embeddings_come_from_the_newest_compatible_model(tmp_path: Path) -> Non
     publish_model(tmp_path, "two_tower", two_tower(2), layout_hash=LAYOUT.layout_hash)  # v3
     assert watcher.poll(4_000) and watcher.active.version == 3
     assert logic.deltas(watcher.active, []) == []
+
+
+# ------------------------------------------------------------------ the JVM engagement path, held to the same streams
+
+
+def _python_run(raws: list[bytes], watermarks: list[int], end: int) -> LogicRun:
+    parse, run, before = (
+        EventParser.of(FS, "engagement"),
+        LogicRun(EngagementLogic(FS, "engagement")),
+        NO_WATERMARK,
+    )
+    for raw, watermark in zip(raws, watermarks, strict=True):
+        event = parse(raw)
+        if isinstance(event, Event):
+            run.event(event, before)
+        run.watermark(watermark)
+        before = watermark
+    run.watermark(end)
+    return run
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_jvm_engagement_deltas_are_byte_identical_to_python(seed: int) -> None:
+    """The stream of the oracle test (out of order, late within and beyond lateness, every policy) and bad records,
+    through both: the same delta bytes, side-output records, drop counts and rejections."""
+    from jvm_logic import jvm
+
+    rng = random.Random(seed)
+    docs = engagement_docs(rng, ITEMS, 400, disorder_ms=8_000, late_every=5, late_by_ms=(20_000, 7_200_000))
+    docs[7]["dwell_ms"], docs[9]["dwell_ms"] = 1e300, 0.1  # unencodable as float32; a fraction
+    raws = encode_docs(docs)
+    raws[50:50] = [b'{"item_id": 1, "ts": 1700000000000', b"[1]", b'{"item_id": -1, "ts": 1700000000000}']
+    events = [e for e in map(EventParser.of(FS, "engagement"), raws) if isinstance(e, Event)]
+    wm_of_event = iter(watermarks_after_each([e.ts_ms for e in events], 5_000))
+    watermarks, last = [], NO_WATERMARK
+    for raw in raws:  # a rejected record does not move the watermark
+        last = next(wm_of_event) if isinstance(EventParser.of(FS, "engagement")(raw), Event) else last
+        watermarks.append(last)
+    end = END_OF_STREAM if seed % 2 else watermarks[-1] + 3_600_000
+    python = _python_run(raws, watermarks, end)
+    steps: list[tuple[object, ...]] = []
+    before = NO_WATERMARK
+    for raw, watermark in zip(raws, watermarks, strict=True):
+        steps += [("event", raw, before), ("wm", watermark)]
+        before = watermark
+    java = jvm().engagement(FS, "engagement", [*steps, ("wm", end)])
+
+    assert sorted(java["deltas"]) == sorted(python.deltas) and len(java["deltas"]) > 500
+    assert [(t, json.loads(r)) for t, r in java["lates"]] == [(t, json.loads(r)) for t, r in python.lates]
+    assert java["lates"] and java["dropped"] == python.dropped and python.dropped
+    assert [r.split(":")[0] for r in java["rejected"]] == ["malformed_json", "not_an_object", "wrong_type"]
+
+
+@pytest.mark.parametrize(
+    "raw",
+    [b'{"item_id": 1, "ts": 1700000000000, "user_id": 2, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": 1, "ts": "2023-11-14T22:13:20.123Z", "user_id": 2, "action": "like", "dwell_ms": 1.5}',
+     b'{"item_id": 1, "ts": "2023-11-14T23:13:20.000001+01:00", "user_id": 2, "action": "x", "dwell_ms": 1}',
+     b'{"item_id": 1, "ts": 1700000000000, "user_id": 2, "action": "like", "dwell_ms": 1} x',
+     b'{"item_id": 1, "ts": 1700000000000.0, "user_id": 2, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": true, "ts": 1700000000000, "user_id": 2, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": 9223372036854775808, "ts": 1700000000000, "user_id": 2, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": 1, "ts": 1700000000000, "user_id": 2.0, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": 1, "ts": 1700000000000, "user_id": 2, "action": null, "dwell_ms": 1}',
+     b'{"item_id": 1, "ts": 1700000000000, "user_id": 2, "action": "like", "dwell_ms": true}',
+     b'{"item_id": 1, "ts": 999999999999, "user_id": 2, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": 1, "ts": "2023-11-14T22:13:20", "user_id": 2, "action": "like", "dwell_ms": 1}',
+     b'{"item_id": 1, "user_id": 2, "action": "like", "dwell_ms": 1}', b"\xff\xfe", b"", b'"x"'],
+)  # fmt: skip
+def test_jvm_parser_accepts_and_refuses_what_python_does(raw: bytes) -> None:
+    from jvm_logic import jvm
+
+    python = EventParser.of(FS, "engagement")(raw)
+    (java,) = jvm().parse(FS, "engagement", [raw])
+    if isinstance(python, Event):
+        assert java == [python.item_id, python.ts_ms]
+    else:
+        assert isinstance(java, str) and java.split(":")[0] == python.reason_code

@@ -1,0 +1,161 @@
+package dev.freshet.flink;
+
+import java.io.IOException;
+import java.io.UncheckedIOException;
+import java.nio.ByteBuffer;
+import java.nio.ByteOrder;
+import java.util.ArrayList;
+import java.util.List;
+import java.util.TreeMap;
+
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.json.JsonWriteFeature;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.json.JsonMapper;
+import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ObjectNode;
+
+/**
+ * The windowed features of one source over one item: {@code freshet.job_logic.EngagementLogic}. A firing becomes
+ * a FEATURE delta in the codec of {@code freshet.deltas} (version {@code window_end << 20 | firing}); a too-late
+ * event becomes a side-output record (policy side_output, with a topic) or a count.
+ */
+final class EngagementLogic {
+    static final int SEQ_BITS = 20;
+    static final long MAX_SEQ = (1L << SEQ_BITS) - 1;
+    static final long MAX_TIME_MS = (1L << (63 - SEQ_BITS)) - 1;
+    static final int HEADER_BYTES = 48;
+    static final byte KIND_FEATURE = 2;
+    private static final ObjectMapper LATE_JSON = JsonMapper.builder().enable(JsonWriteFeature.ESCAPE_NON_ASCII).build();
+
+    /** One item's open windows, by feature (null: none open). Kept in Flink state as is. */
+    public static final class ItemWindows {
+        public TreeMap<Long, WindowLogic.Slot>[] byFeature;
+
+        public ItemWindows() {}
+
+        boolean isEmpty() {
+            for (TreeMap<Long, WindowLogic.Slot> w : byFeature) {
+                if (w != null && !w.isEmpty()) { return false; }
+            }
+            return true;
+        }
+    }
+
+    /** What one event or watermark did: deltas, side-output records, counts by feature index. */
+    static final class Step {
+        final List<byte[]> deltas = new ArrayList<>();
+        final List<String> lateTopics = new ArrayList<>();
+        final List<byte[]> lateRecords = new ArrayList<>();
+        final List<Integer> lateFeatures = new ArrayList<>();
+        final int[] dropped;
+        final int[] unencodable;
+
+        Step(int features) {
+            dropped = new int[features];
+            unencodable = new int[features];
+        }
+    }
+
+    final EngagementSpec spec;
+
+    EngagementLogic(EngagementSpec spec) {
+        this.spec = spec.ready();
+        if (spec.features.size() > 64) {
+            throw new IllegalArgumentException("at most 64 windowed features per source, got " + spec.features.size());
+        }
+    }
+
+    @SuppressWarnings({"unchecked", "rawtypes"})
+    ItemWindows initial() {
+        ItemWindows windows = new ItemWindows();
+        windows.byFeature = new TreeMap[spec.features.size()];
+        return windows;
+    }
+
+    /** {@code event} arrives while the watermark is {@code watermarkMs}. */
+    Step onEvent(ItemWindows windows, EngagementEvent event, long watermarkMs) {
+        return step(windows, event.itemId, event, watermarkMs);
+    }
+
+    /** The watermark advanced: fire and clear what it passed for {@code itemId}. */
+    Step onWatermark(ItemWindows windows, long itemId, long watermarkMs) {
+        return step(windows, itemId, null, watermarkMs);
+    }
+
+    /** The least watermark at which this item's windows need attention (Long.MAX_VALUE: none). */
+    long nextDueMs(ItemWindows windows) {
+        long due = Long.MAX_VALUE;
+        for (int i = 0; i < windows.byFeature.length; i++) {
+            if (windows.byFeature[i] != null) {
+                due = Math.min(due, spec.features.get(i).window.nextDueMs(windows.byFeature[i]));
+            }
+        }
+        return due;
+    }
+
+    private Step step(ItemWindows windows, long itemId, EngagementEvent event, long watermarkMs) {
+        Step step = new Step(spec.features.size());
+        for (int i = 0; i < spec.features.size(); i++) {
+            EngagementSpec.Feature feature = spec.features.get(i);
+            TreeMap<Long, WindowLogic.Slot> state = windows.byFeature[i];
+            if (state == null) {
+                state = new TreeMap<>();
+            }
+            List<WindowLogic.Output> outputs = event != null && event.takes(i)
+                ? feature.window.onEvent(state, event.tsMs, event.numbers[i], event.hashes[i], watermarkMs)
+                : feature.window.onWatermark(state, watermarkMs);
+            windows.byFeature[i] = state.isEmpty() ? null : state;
+            for (WindowLogic.Output output : outputs) {
+                emit(step, i, feature, itemId, event, output);
+            }
+        }
+        return step;
+    }
+
+    private void emit(Step step, int i, EngagementSpec.Feature feature, long itemId, EngagementEvent event,
+                      WindowLogic.Output output) {
+        if (output.kind == WindowLogic.Output.FIRE) {
+            byte[] delta = featureDelta(feature.region, itemId, output);
+            if (delta == null) {
+                step.unencodable[i]++;
+            } else {
+                step.deltas.add(delta);
+            }
+        } else if (output.kind == WindowLogic.Output.LATE && feature.lateTopic != null) {
+            step.lateTopics.add(feature.lateTopic);
+            step.lateRecords.add(lateRecord(feature.name, itemId, event, output));
+            step.lateFeatures.add(i);
+        } else {
+            step.dropped[i]++;
+        }
+    }
+
+    /** The FEATURE delta of a firing, byte for byte {@code encode_delta}; null when the value is no finite float32. */
+    byte[] featureDelta(int region, long itemId, WindowLogic.Output fire) {
+        float value = (float) fire.value;
+        if (!Float.isFinite(value)) {
+            return null;
+        }
+        if (fire.endMs < 0 || fire.endMs > MAX_TIME_MS || fire.firing > MAX_SEQ) {
+            throw new IllegalStateException("no version for window end " + fire.endMs + ", firing " + fire.firing);
+        }
+        ByteBuffer out = ByteBuffer.allocate(HEADER_BYTES + 4).order(ByteOrder.LITTLE_ENDIAN);
+        out.put((byte) 'F').put((byte) 'D').put((byte) 1).put(KIND_FEATURE);
+        out.putShort((short) region).putShort((short) 0).put(spec.layoutHash);
+        out.putLong(itemId).putLong(fire.endMs << SEQ_BITS | fire.firing).putLong(fire.eventTsMs).putLong(0L);
+        out.putFloat(value);
+        return out.array();
+    }
+
+    /** {@code late_record}: the feature, why, and the event as parsed (the raw bytes, read again). */
+    byte[] lateRecord(String feature, long itemId, EngagementEvent event, WindowLogic.Output late) {
+        try {
+            ObjectNode record = LATE_JSON.createObjectNode();
+            record.put("feature", feature).put("source", spec.source).put("item_id", itemId)
+                .put("event_ts_ms", late.eventTsMs).put("watermark_ms", late.watermarkMs).put("reason", late.reason);
+            record.set("event", EventCheck.JSON.readTree(event.raw));
+            return LATE_JSON.writeValueAsBytes(record);
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+}
