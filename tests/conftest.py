@@ -11,6 +11,7 @@ from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any
 
 import pytest
+from hypothesis import settings
 
 from freshet.broker import EmbeddedBroker
 from freshet.errors import FreshetError
@@ -19,6 +20,11 @@ if TYPE_CHECKING:
     from kafka.consumer.fetcher import ConsumerRecord
 
 _serial = itertools.count()
+
+# No per-example deadline anywhere: on a shared 2-core machine one example can take 100x the next (a JVM
+# round trip, a GC pause), and a deadline would fail a correct property for the machine's load.
+settings.register_profile("freshet", deadline=None)
+settings.load_profile("freshet")
 
 
 def _kafka_helpers() -> Any:
