@@ -23,7 +23,14 @@ from pathlib import Path
 
 from freshet.errors import FreshetError
 from freshet.layout import TensorLayout
-from freshet.snapshot import MANIFEST, PREFIX, SnapshotError, list_snapshots, load_snapshot
+from freshet.snapshot import (
+    MANIFEST,
+    PREFIX,
+    SnapshotError,
+    list_snapshots,
+    load_snapshot,
+    newest_valid_snapshot,
+)
 
 
 class RecoveryError(FreshetError):
@@ -41,17 +48,13 @@ class RecoveryPlan:
 
 def choose_snapshot(path: Path, layout: TensorLayout) -> Path:
     """``path`` if it is a snapshot, else the newest snapshot under it that loads (checksums included)."""
-    candidates = [path] if (path / MANIFEST).is_file() else list_snapshots(path)
-    problems = []
-    for candidate in candidates:
-        try:
-            load_snapshot(candidate, layout)
-        except SnapshotError as exc:
-            problems.append(str(exc))
-            continue
-        return candidate
-    detail = "; ".join(problems) if problems else "no snapshot-* directory there"
-    raise RecoveryError(f"{path}: no valid snapshot ({detail})")
+    try:
+        if (path / MANIFEST).is_file():
+            load_snapshot(path, layout)
+            return path
+        return newest_valid_snapshot(path, layout)[0]
+    except SnapshotError as exc:
+        raise RecoveryError(str(exc)) from exc
 
 
 def named_checkpoint(snapshot: Path, layout: TensorLayout) -> Path:

@@ -290,6 +290,19 @@ def list_snapshots(root: Path) -> list[Path]:
     return [p for _, p in sorted(found, reverse=True)]
 
 
+def newest_valid_snapshot(root: Path, layout: TensorLayout) -> tuple[Path, IndexModel, Manifest]:
+    """The newest snapshot under ``root`` that loads (checksums included), loaded; else ``SnapshotError``
+    naming every snapshot skipped and why."""
+    problems = []
+    for path in list_snapshots(root):
+        try:
+            return (path, *load_snapshot(path, layout))
+        except SnapshotError as exc:
+            problems.append(str(exc))
+    detail = "; ".join(problems) if problems else "no snapshot-* directory there"
+    raise SnapshotError(f"{root}: no valid snapshot ({detail})")
+
+
 def latest_valid_snapshot(root: Path, layout: TensorLayout) -> tuple[IndexModel, Manifest] | None:
     """The newest snapshot that loads; each one skipped is logged with its reason. ``None`` if none loads."""
     for path in list_snapshots(root):

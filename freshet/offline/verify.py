@@ -26,7 +26,7 @@ from freshet.bits import positions_from_words
 from freshet.errors import FreshetError
 from freshet.layout import TensorLayout
 from freshet.model_state import ModelState, state_digest
-from freshet.snapshot import MANIFEST, SnapshotError, list_snapshots, load_snapshot
+from freshet.snapshot import MANIFEST, SnapshotError, load_snapshot, newest_valid_snapshot
 from freshet.versions import VERSION_SEQ_BITS, version_time_ms
 
 Value = tuple[float, ...] | float | None
@@ -136,27 +136,16 @@ def open_side(
 
 def snapshot_side(path: Path, layout: TensorLayout, label: str | None = None) -> Side:
     """A snapshot directory, or the newest valid snapshot under a root."""
-    chosen = path if (path / MANIFEST).exists() else _newest_valid(path, layout)
     try:
-        model, manifest = load_snapshot(chosen, layout)
+        if (path / MANIFEST).exists():
+            chosen, (model, manifest) = path, load_snapshot(path, layout)
+        else:
+            chosen, model, manifest = newest_valid_snapshot(path, layout)
     except SnapshotError as exc:
         raise VerifyError(str(exc)) from exc
     state = model.export_state()
     return Side(label or f"snapshot {chosen}", state_digest(state), manifest.model_version, manifest.layout_hash,
                 int(state.valid.sum()), state=state)  # fmt: skip
-
-
-def _newest_valid(root: Path, layout: TensorLayout) -> Path:
-    problems = []
-    for path in list_snapshots(root):
-        try:
-            load_snapshot(path, layout)
-        except SnapshotError as exc:
-            problems.append(str(exc))
-            continue
-        return path
-    detail = "; ".join(problems) if problems else "no snapshot-* directory"
-    raise VerifyError(f"{root}: no valid snapshot ({detail})")
 
 
 def _replica(
