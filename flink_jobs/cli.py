@@ -4,6 +4,7 @@
     freshet job stop --job-id <id>                       # stop with a savepoint (the clean way to restart)
     freshet job restore --from .freshet/checkpoints/<id>/chk-12     # or a savepoint directory
     freshet job submit --jobmanager flink-jm:8081 --bootstrap kafka:9092 --models /shared/models
+    freshet job export-events --bootstrap 127.0.0.1:9092 --out events/     # the raw topics as an event log
 
 ``run`` and ``restore`` start a local MiniCluster in this process, with the Flink web UI on the first free port
 of ``--rest-port`` (default 8081-8090), and keep running until the job ends or Ctrl-C cancels it. Every run
@@ -65,6 +66,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--checkpoint-dir", type=Path, help="where the job keeps its checkpoints and job record")
     p.add_argument("--timeout-s", type=float, default=300.0)
+    _add_export_arguments(sub)
+
+
+def _add_export_arguments(sub: Any) -> None:
+    p = sub.add_parser("export-events", help="write the job's raw topics as an event log (what backfill reads), "
+                       "each partition up to its high watermark when the read starts")  # fmt: skip
+    p.add_argument(
+        "--bootstrap", required=True, metavar="HOST:PORT[,HOST:PORT]", help="Kafka bootstrap servers"
+    )
+    p.add_argument("--out", type=Path, required=True, help="event log directory to append to")
+    p.add_argument("--defs", type=Path, default=Path("feature_defs"), help="feature definitions: the topics")
+    p.add_argument("--topic", action="append", metavar="DECLARED=ACTUAL",
+                   help="read ACTUAL for a declared topic (as `job run --topic`); logged under DECLARED")  # fmt: skip
+    p.add_argument("--format", choices=("parquet", "jsonl"), default="parquet",
+                   help="parquet keeps any bytes; jsonl cannot hold a value with a newline")  # fmt: skip
+    p.add_argument("--timeout-s", type=float, default=10.0,
+                   help="seconds to wait for the broker, or for a partition that stops moving")  # fmt: skip
 
 
 def main(args: argparse.Namespace) -> int:
@@ -75,7 +93,31 @@ def main(args: argparse.Namespace) -> int:
         return _run(*_restorable(args))
     if command == "submit":
         return _submit(args)
+    if command == "export-events":
+        return _export_events(args)
     return _stop(args)
+
+
+def _export_events(args: argparse.Namespace) -> int:
+    from rich.console import Console
+
+    from flink_jobs.raw_topics import export_raw_topics
+    from freshet.errors import FreshetError
+    from freshet.offline.commands import RichProgress
+    from freshet.offline.topics import BOUNDED_NOTE, source_topics, topic_map
+    from freshet.spec import load_feature_set
+
+    console = Console(stderr=True)
+    try:
+        topics = source_topics(load_feature_set(args.defs), topic_map(args.topic))
+        with RichProgress(console, quiet=False) as progress:
+            cuts = export_raw_topics(args.bootstrap, topics, args.out, fmt=args.format, progress=progress,
+                                     timeout_s=args.timeout_s)  # fmt: skip
+    except FreshetError as exc:
+        console.print(f"[red]export failed:[/red] {exc}")
+        return 2
+    print(json.dumps({"out": str(args.out), "read": BOUNDED_NOTE, "topics": cuts}, indent=2))
+    return 0
 
 
 def _run(args: argparse.Namespace, restore_path: str | None) -> int:

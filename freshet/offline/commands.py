@@ -9,6 +9,8 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -45,8 +47,13 @@ def parse_until(text: str) -> int | None:
 
 def add_backfill_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--defs", type=Path, default=DEFAULT_DEFS, help="feature definitions (file or directory)")
-    p.add_argument("--events", type=Path, required=True,
-                   help="event log: DIR/<topic>/*.jsonl|*.parquet per source topic, in arrival order")  # fmt: skip
+    p.add_argument("--events", type=_parse_events, required=True,
+                   help="event log: DIR/<topic>/*.jsonl|*.parquet per source topic, in arrival order; or "
+                        "kafka://HOST:PORT[,HOST:PORT]: the raw topics, read up to where they are now")  # fmt: skip
+    p.add_argument("--topic", action="append", metavar="DECLARED=ACTUAL",
+                   help="with kafka://: read ACTUAL for a declared topic (as the job's --topic)")  # fmt: skip
+    p.add_argument("--kafka-timeout", type=float, default=10.0,
+                   help="with kafka://: seconds to wait for the broker, or for a partition that stops moving")  # fmt: skip
     p.add_argument("--until", type=parse_until, required=True,
                    help="watermark to compute the state at: epoch ms, ISO-8601 (…Z), or 'end'")  # fmt: skip
     p.add_argument("--models", type=Path, default=Path("models"), help="published models root")
@@ -69,8 +76,9 @@ def run_backfill(args: argparse.Namespace) -> int:
     console = Console(stderr=True)
     try:
         feature_set = load_feature_set(args.defs)
-        with _RichProgress(console, quiet=args.quiet) as progress:
-            result = backfill(feature_set, args.events, args.until, args.models,
+        with RichProgress(console, quiet=args.quiet) as progress, \
+                _event_log(args, feature_set, progress) as (events_dir, read):  # fmt: skip
+            result = backfill(feature_set, events_dir, args.until, args.models,
                               model_version=args.model_version, embed_batch=args.embed_batch,
                               progress=progress)  # fmt: skip
             progress.stage("writing the snapshot")
@@ -78,13 +86,40 @@ def run_backfill(args: argparse.Namespace) -> int:
     except FreshetError as exc:
         console.print(f"[red]backfill failed:[/red] {exc}")
         return 2
-    summary = {"snapshot": str(path), **result.summary()}
+    summary = {"snapshot": str(path), **result.summary(), **read}
     _print_summary(console, summary)
     print(json.dumps(summary, indent=2))
     return 0
 
 
-class _RichProgress:
+def _parse_events(text: str) -> Any:
+    from freshet.offline.topics import TopicsError, parse_events
+
+    try:
+        return parse_events(text)
+    except TopicsError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from exc
+
+
+@contextmanager
+def _event_log(
+    args: argparse.Namespace, feature_set: Any, progress: Any
+) -> Iterator[tuple[Path, dict[str, Any]]]:
+    """The event directory to backfill from, and what the summary says about it (a topic read's cut).
+
+    A ``kafka://`` address is read into a temporary log first, removed once backfill has read it.
+    """
+    from freshet.offline.topics import BOUNDED_NOTE, KafkaEvents, exported, source_topics, topic_map
+
+    if not isinstance(args.events, KafkaEvents):
+        yield args.events, {}
+        return
+    topics = source_topics(feature_set, topic_map(args.topic))
+    with exported(args.events, topics, progress=progress, timeout_s=args.kafka_timeout) as (directory, cuts):
+        yield directory, {"kafka": {"bootstrap": args.events.bootstrap, "read": BOUNDED_NOTE, "topics": cuts}}
+
+
+class RichProgress:
     """``freshet.offline.backfill.Progress`` as a rich progress display on stderr."""
 
     def __init__(self, console: Any, *, quiet: bool) -> None:
@@ -94,7 +129,7 @@ class _RichProgress:
         self._bar = Progress(*columns, console=console, disable=quiet)
         self._task: Any = None
 
-    def __enter__(self) -> _RichProgress:
+    def __enter__(self) -> RichProgress:
         self._bar.start()
         return self
 
@@ -132,6 +167,9 @@ def _print_summary(console: Any, summary: dict[str, Any]) -> None:
     late = ", ".join(f"{k} {v}" for k, v in summary["too_late"].items() if v) or "none"
     console.print(f"too late for every window: {late}")
     console.print(f"{summary['items']:,} items, cells {summary['cells']}, digest {summary['digest']}")
+    if "kafka" in summary:
+        kafka = summary["kafka"]
+        console.print(f"read from kafka://{kafka['bootstrap']}: {kafka['read']}")
 
 
 # ---------------------------------------------------------------- verify
