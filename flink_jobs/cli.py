@@ -75,7 +75,9 @@ def _add_export_arguments(sub: Any) -> None:
     p.add_argument(
         "--bootstrap", required=True, metavar="HOST:PORT[,HOST:PORT]", help="Kafka bootstrap servers"
     )
-    p.add_argument("--out", type=Path, required=True, help="event log directory to append to")
+    p.add_argument(
+        "--out", type=Path, required=True, help="event log directory (without a log of these topics)"
+    )
     p.add_argument("--defs", type=Path, default=Path("feature_defs"), help="feature definitions: the topics")
     p.add_argument("--topic", action="append", metavar="DECLARED=ACTUAL",
                    help="read ACTUAL for a declared topic (as `job run --topic`); logged under DECLARED")  # fmt: skip

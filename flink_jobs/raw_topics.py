@@ -28,7 +28,7 @@ from kafka import KafkaConsumer, TopicPartition
 from kafka.errors import KafkaError
 
 from freshet.errors import FreshetError
-from freshet.offline.eventlog import Format, write_event_log
+from freshet.offline.eventlog import Format, topic_files, write_event_log
 
 #: records buffered per partition before its fetching pauses (the merge waits for the slowest partition)
 BUFFER_RECORDS = 20_000
@@ -79,6 +79,7 @@ def export_raw_topics(
     ``timeout_s`` bounds every wait: for the broker, for a partition's first fetch, and for a partition
     that stops making progress below its bound (e.g. behind a transaction that stays open).
     """
+    _refuse_existing_logs(out, topics)
     cuts = {}
     for declared, topic in topics.items():
         with BoundedTopicRead(bootstrap, topic, timeout_s=timeout_s) as read:
@@ -92,6 +93,14 @@ def export_raw_topics(
                                           records_per_file=RECORDS_PER_FILE).get(declared, 0)  # fmt: skip
         cuts[declared] = cut.to_dict()
     return cuts
+
+
+def _refuse_existing_logs(out: Path, topics: Mapping[str, str]) -> None:
+    """Every read starts at the earliest offset, so appending one to an older log would log records twice."""
+    taken = [declared for declared in topics if topic_files(out, declared)]
+    if taken:
+        raise RawTopicsError(f"{out}: already holds a log of {', '.join(taken)}; an export reads each topic from "
+                             "its earliest offset, so write it to an empty directory")  # fmt: skip
 
 
 def _counted(records: Iterator[LoggedRecord], progress: Any) -> Iterator[LoggedRecord]:

@@ -80,6 +80,11 @@ def run_backfill(events: str, models: Path, out: Path, *extra: str) -> int:
                      "--models", str(models), "--out", str(out), "--quiet", *extra])  # fmt: skip
 
 
+def unwrapped(text: str) -> str:
+    """A message as one line (rich wraps what it prints to the terminal's width)."""
+    return " ".join(text.split())
+
+
 # ---------------------------------------------------------------- equal to the directory
 
 
@@ -134,6 +139,10 @@ def test_export_events_writes_a_log_that_backfills_alike(
     write_event_log(records, tmp_path / "events")
     expected = backfill(feature_set, tmp_path / "events", UNTIL_MS, models).model.digest()
     assert backfill(feature_set, out, UNTIL_MS, models).model.digest() == expected
+    again = cli_main(["job", "export-events", "--bootstrap", broker.bootstrap_servers, "--out", str(out),
+                      "--defs", str(FEATURE_DEFS), *topic_options(fed_topics)])  # fmt: skip
+    assert again == 2, "a second export into the same log would hold every record twice"
+    assert "already holds a log of" in unwrapped(capsys.readouterr().err)
 
 
 def test_raw_values_are_kept_byte_for_byte(
@@ -213,7 +222,7 @@ def test_an_unreachable_broker_fails_fast_naming_the_address(
     started = time.monotonic()
     assert run_backfill(f"kafka://{address}", models, tmp_path, "--kafka-timeout", "2") == 2
     assert time.monotonic() - started < 20
-    err = capsys.readouterr().err
+    err = unwrapped(capsys.readouterr().err)
     assert address in err and "no Kafka broker answered within 2.0 s" in err
 
 
@@ -226,7 +235,7 @@ def test_a_missing_topic_is_named(
 ) -> None:
     mapping = {**fed_topics, "engagement": "no.such.topic"}
     assert run_backfill(f"kafka://{broker.bootstrap_servers}", models, tmp_path, *topic_options(mapping)) == 2
-    assert "no topic 'no.such.topic'" in capsys.readouterr().err
+    assert "no topic 'no.such.topic'" in unwrapped(capsys.readouterr().err)
     with pytest.raises(RawTopicsError, match=r"no topic 'no\.such\.topic'"):
         BoundedTopicRead(broker.bootstrap_servers, "no.such.topic", timeout_s=2)
 
