@@ -135,3 +135,44 @@ def test_a_replica_snapshot_names_the_newest_marked_checkpoint_that_exists(tmp_p
     manifest = restarted.restore()
     assert manifest is not None and manifest.flink_checkpoint == named
     assert restarted.state().flink_checkpoint == named, "a restored replica stays aligned with its snapshot's"
+
+
+SHAPE = [(s, p) for s in range(2) for p in range(3)]  # 2 marker subtasks, 3 delta-topic partitions
+
+
+@pytest.mark.parametrize("missing", SHAPE, ids=[f"subtask{s}-partition{p}" for s, p in SHAPE])
+def test_a_checkpoint_missing_one_subtasks_marker_on_one_partition_is_never_named(missing) -> None:
+    """Markers from only some subtasks or on only some partitions vouch for nothing: the absent one may still
+    have deltas before its barrier in flight; a later checkpoint's markers elsewhere change nothing."""
+    alignment = CheckpointAlignment()
+    for subtask, partition in SHAPE:
+        if (subtask, partition) != missing:
+            alignment.observe(partition, marker(7, subtask, partition, subtasks=2, partitions=3))
+            alignment.observe(partition, marker(8, subtask, partition, subtasks=2, partitions=3))
+    assert alignment.aligned(lambda c: True) is None and alignment.completed() == []
+    subtask, partition = missing
+    alignment.observe(partition, marker(7, subtask, partition, subtasks=2, partitions=3))
+    assert alignment.aligned(lambda c: True) == AlignedCheckpoint(JOB, 7), (
+        "complete once the last one is read"
+    )
+
+
+def test_markers_of_two_jobs_never_complete_each_others_checkpoints() -> None:
+    alignment = CheckpointAlignment()
+    alignment.observe(0, marker(3, partition=0, job=JOB))
+    alignment.observe(1, marker(3, partition=1, job=OTHER))
+    assert alignment.aligned(lambda c: True) is None
+
+
+def test_the_replica_names_only_a_checkpoint_whose_metadata_exists(tmp_path: Path) -> None:
+    """chk-N without ``_metadata`` is a checkpoint Flink started and never completed (or is still writing):
+    a broker that shows aborted transactions can show its markers, so it is never named."""
+    from serving.alignment import ReplicaAlignment
+
+    for n in (3, 4):
+        (tmp_path / JOB / f"chk-{n}").mkdir(parents=True)
+    candidates = [AlignedCheckpoint(JOB, n) for n in (3, 4, 5)]  # chk-5: no directory at all
+    assert ReplicaAlignment(tmp_path).name(candidates) is None
+    (tmp_path / JOB / "chk-3" / "_metadata").write_bytes(b"x")
+    assert ReplicaAlignment(tmp_path).name(candidates) == str((tmp_path / JOB / "chk-3").resolve())
+    assert ReplicaAlignment(None).name(candidates) is None, "no checkpoint directory: nothing is named"
