@@ -176,3 +176,49 @@ def test_the_replica_names_only_a_checkpoint_whose_metadata_exists(tmp_path: Pat
     (tmp_path / JOB / "chk-3" / "_metadata").write_bytes(b"x")
     assert ReplicaAlignment(tmp_path).name(candidates) == str((tmp_path / JOB / "chk-3").resolve())
     assert ReplicaAlignment(None).name(candidates) is None, "no checkpoint directory: nothing is named"
+
+
+def plan(strategy: str = "FORWARD", writer_parallelism: int = 1, joined: bool = False) -> dict:
+    """The delta path of the job's JSON execution plan (ids and names as Flink 2.0 writes them)."""
+    scan_inputs = [
+        {"id": 28, "ship_strategy": "FORWARD"},
+        *([{"id": 6, "ship_strategy": "FORWARD"}] * joined),
+    ]
+    return {"nodes": [
+        {"id": 6, "contents": "windows engagement", "parallelism": 1, "predecessors": []},
+        {"id": 28, "contents": "checkpoint markers", "parallelism": 1, "predecessors": [{"id": 6, "ship_strategy": "FORWARD"}]},
+        {"id": 32, "contents": "[1]:TableSourceScan(table=[[*anonymous_datastream_source$1*]])", "parallelism": 1,
+         "predecessors": scan_inputs},
+        {"id": 33, "contents": "[2]:ConstraintEnforcer[NotNullEnforcer(fields=[item_id])]", "parallelism": 1,
+         "predecessors": [{"id": 32, "ship_strategy": strategy}]},
+        {"id": 46, "contents": "deltas_sink[2]: Writer", "parallelism": writer_parallelism,
+         "predecessors": [{"id": 33, "ship_strategy": "FORWARD"}]},
+        {"id": 48, "contents": "deltas_sink[2]: Committer", "parallelism": 1, "predecessors": [{"id": 46, "ship_strategy": "FORWARD"}]},
+    ]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shape", "problem"),
+    [
+        ({}, None),
+        ({"strategy": "REBALANCE"}, "REBALANCE edge into '[2]:ConstraintEnforcer"),
+        ({"strategy": "HASH"}, "HASH edge into"),
+        ({"writer_parallelism": 2}, "'deltas_sink[2]: Writer' at parallelism 2, markers at 1"),
+        ({"joined": True}, "has inputs other than the markers' stream"),
+    ],
+)
+def test_the_job_refuses_a_plan_where_markers_do_not_feed_the_delta_writer_one_to_one(shape, problem) -> None:
+    from flink_jobs.markers import marker_path_problems
+
+    problems = marker_path_problems(plan(**shape), "deltas_sink")
+    assert problems == [] if problem is None else any(problem in p for p in problems), problems
+
+
+def test_a_plan_without_the_marker_operator_or_sink_is_refused() -> None:
+    from flink_jobs.markers import marker_path_problems
+
+    no_markers = {"nodes": [n for n in plan()["nodes"] if n["contents"] != "checkpoint markers"]}
+    assert marker_path_problems(no_markers, "deltas_sink") == [
+        "0 'checkpoint markers' operators in the plan, expected one"
+    ]
+    assert "feeds 0 operators" in marker_path_problems(plan(), "other_sink")[0]
