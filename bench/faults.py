@@ -74,10 +74,11 @@ def summarize(runs: list[dict[str, Any]], seeds: list[int], job_kills: int, pyte
               loads: list[float]) -> dict[str, Any]:  # fmt: skip
     """Totals over the runs: how many, how many kills, rows wrong, failures; the machine and its load.
 
-    >>> s = summarize([{"scenario": "x", "passed": True, "job_kills": 2, "replica_kills": 1, "rows_wrong_a": 0,
-    ...                 "duration_s": 10.0}], [1], 1, 0, 12.0, [2.0, 4.0])
+    >>> a = {"scenario": "a", "passed": True, "job_kills": 2, "replica_kills": 1, "rows_wrong_a": 0, "duration_s": 9}
+    >>> b = {"scenario": "b", "passed": True, "replica_kills": 2, "digest_equal": False, "duration_s": 3}
+    >>> s = summarize([a, b], [1], 1, 1, 12.0, [2.0, 4.0])
     >>> s["runs"], s["kills"], s["rows_wrong"], s["failed_runs"], s["load_average_1m"]["mean"]
-    (1, 3, 0, 0, 3.0)
+    (2, 5, 0, 1, 3.0)
     """
     return {
         "seeds": seeds,
@@ -91,7 +92,9 @@ def summarize(runs: list[dict[str, Any]], seeds: list[int], job_kills: int, pyte
         "replica_kills": sum(r.get("replica_kills", 0) for r in runs),
         "rows_wrong": sum(v for r in runs for k, v in r.items() if k.startswith("rows_wrong") and v),
         "digest_mismatches": sum(r.get("digest_equal") is False for r in runs),
-        "failed_runs": sum(not r["passed"] for r in runs) + (len(seeds) * 2 - len(runs)),
+        # a run that never wrote its figures (the test crashed before) counts as failed
+        "failed_runs": sum(not r["passed"] or r.get("digest_equal") is False for r in runs)
+        + (len(seeds) * 2 - len(runs)),
         "pytest_exit_code": pytest_code,
         "wall_s": round(wall_s, 1),
         "mean_run_s": round(sum(r["duration_s"] for r in runs) / len(runs), 1) if runs else None,

@@ -242,7 +242,9 @@ def test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state(
     print(f"fault seed {seed} (FRESHET_FAULT_SEED), {JOB_KILLS} job kill(s) in round one")
     with recorded("job_killed_and_replayed", seed) as figures:
         run_killed_and_replayed(setup, tmp_path, seed, figures)
-    assert figures["job_kills"] == JOB_KILLS + 1 and figures["rows_wrong_a"] == figures["rows_wrong_c"] == 0
+        assert (
+            figures["job_kills"] == JOB_KILLS + 1 and figures["rows_wrong_a"] == figures["rows_wrong_c"] == 0
+        )
 
 
 def _kill_during_a_snapshot_write(serve: ServeProcess, snapshots: Path, rng: random.Random) -> float:
@@ -269,7 +271,7 @@ def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(
     of a replica that read the topic once."""
     with recorded("replica_killed_in_snapshot_writes", seed) as figures:
         _killed_during_snapshot_writes(broker, make_topic, tmp_path, seed, figures)
-    assert figures["digest_equal"], figures
+        assert figures["digest_equal"], "the restarted replica's digest differs from the uninterrupted one's"
 
 
 def _killed_during_snapshot_writes(broker: Any, make_topic: Any, tmp_path: Path, seed: int,
