@@ -40,6 +40,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kafka_helpers
 import pytest
 from faults_helpers import (
     kill_group,
@@ -58,6 +59,7 @@ from test_job_flink import FS_DEFS, LAYOUT, Setup, _require_flink
 from test_serving_process import ServeProcess
 
 from freshet.broker import free_port
+from freshet.markers import decode_marker, is_marker
 from freshet.snapshot import list_snapshots, load_snapshot
 from serving.testing import DeltaProducer, random_deltas, send_in_transactions, wait_until
 
@@ -146,6 +148,7 @@ def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int, figures: di
             sending.join()
         state = wait_for_digest(lambda: http_state(replica), want1.digest(), 180, "round one")
         phase(figures, "round_one_at_oracle")
+        figures["markers_checked"] = check_markers_follow_their_trigger(setup, job)
         figures["rows_wrong_a"] = 0 if state else rows_wrong(newest_snapshot_model(tmp_path / "r1"), want1)
         assert state is not None, f"after round one the replica differs from the oracle: {figures}"
 
@@ -177,6 +180,31 @@ def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int, figures: di
         os.killpg(replayed.proc.pid, signal.SIGTERM)
         replayed.proc.wait(timeout=120)
         assert not stop_group(replayed.proc.pid, timeout_s=30), "replay left processes behind"
+
+
+def check_markers_follow_their_trigger(setup: Setup, job: Any) -> int:
+    """Every checkpoint marker the running job wrote is no older than Flink's trigger of the checkpoint it
+    names (its record time against the REST history); returns how many were checked.
+
+    A marker of checkpoint N written before N was triggered (N+1's marker at barrier N, say) is the one way
+    the operator can make a replica name a checkpoint its cut does not include; end-state comparisons cannot
+    see it (the delta topic keeps every delta, and a restored job re-emits what follows its checkpoint).
+    Uncommitted records count too: the rule holds for every record the operator writes.
+    """
+    triggered = {c["id"]: c["trigger_timestamp"] for c in job.rest("/checkpoints")["history"]}
+    records = kafka_helpers.read_topic(setup.servers, setup.deltas, isolation_level="read_uncommitted")
+    marked = [(decode_marker(r.value), r.timestamp) for r in records if is_marker(r.value)]
+    mine = [
+        (m.checkpoint_id, ts)
+        for m, ts in marked
+        if m and m.job_id == job.job_id and m.checkpoint_id in triggered
+    ]
+    early = [(n, ts, triggered[n]) for n, ts in mine if ts < triggered[n]]
+    assert mine, f"no marker of the checkpoints in the job's REST history {sorted(triggered)}"
+    assert not early, (
+        f"markers written before their checkpoint was triggered (id, written, triggered): {early[:5]}"
+    )
+    return len(mine)
 
 
 def kill_and_restore(job: Any, rng: random.Random, figures: dict[str, Any], checkpoints: Path, work_dir: Path,
