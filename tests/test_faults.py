@@ -7,7 +7,8 @@ One run (``test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state``)
 (a) round one of the stream in ``FRESHET_FAULT_JOB_KILLS`` + 1 paced parts (default 1 kill: two parts); after
     each part but the last the job is killed at a random moment and restored from the latest retained
     checkpoint (``freshet job restore``); a replica runs throughout; once round one is in, its digest must
-    equal the oracle's;
+    equal the oracle's, and every checkpoint marker the restored job wrote must be no older than Flink's
+    trigger of the checkpoint it names;
 (c) round two, first part; the job *and* the replica are killed; ``freshet replay`` of an older snapshot
     (chosen at random among those naming a checkpoint) restores the job from the checkpoint that snapshot
     names and starts a replica from it; the rest of round two follows; the new replica must end at the
