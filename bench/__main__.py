@@ -1,6 +1,6 @@
 """``python -m bench [NAME ...] [-- ARGS]`` (``./dev bench``): run benchmarks by name, all by default.
 
-    ./dev bench                  # core, job, backfill, baselines, serving, one after another
+    ./dev bench                  # core, job, backfill, baselines, serving, faults, one after another
     ./dev bench core --quick     # one benchmark; the remaining arguments are its own (--help lists them)
 
 Each writes ``bench/results/<name>.json`` (and PNG plots where a person would rather look).
@@ -12,7 +12,7 @@ import importlib
 import subprocess
 import sys
 
-BENCHMARKS = ("core", "job", "backfill", "baselines", "serving")
+BENCHMARKS = ("core", "job", "backfill", "baselines", "serving", "faults")
 
 
 def main(argv: list[str]) -> int:

@@ -277,21 +277,30 @@ def register_sinks(t_env: StreamTableEnvironment, outputs: Outputs, settings: Jo
     Flink's own hash of the unchanged topology is as stable. A DataStream ``KafkaSink`` with a JVM record
     serializer would take ``.uid()``; that is the way if sink uids must be pinned.
     """
-    from flink_jobs.markers import with_checkpoint_markers
+    from flink_jobs.markers import check_markers_feed_sink, with_checkpoint_markers
 
     statements = t_env.create_statement_set()
-    deltas = with_checkpoint_markers(outputs.deltas, settings.delta_topic, settings.bootstrap)
-    targets = [("deltas", settings.delta_topic, deltas), ("dlq", settings.dlq_topic, outputs.dlq)]
-    targets += [(f"late{i}", settings.topic(t), s) for i, (t, s) in enumerate(sorted(outputs.late.items()))]
-    for suffix, topic, stream in targets:
+    # One parallelism for the marker operator and the delta sink's writer: markers are sound only one to one.
+    parallelism = settings.flink.parallelism
+    deltas = with_checkpoint_markers(outputs.deltas, settings.delta_topic, settings.bootstrap, parallelism)
+    targets = [
+        ("deltas", settings.delta_topic, deltas, parallelism),
+        ("dlq", settings.dlq_topic, outputs.dlq, None),
+    ]
+    targets += [
+        (f"late{i}", settings.topic(t), s, None) for i, (t, s) in enumerate(sorted(outputs.late.items()))
+    ]
+    for suffix, topic, stream, sink_parallelism in targets:
         sink = KeyedBytesSink(
             topic,
             settings.bootstrap,
             f"{settings.transactional_id_prefix}-{suffix}",
             transaction_timeout_ms=settings.transaction_timeout_ms,
             checkpoint_interval_ms=settings.flink.checkpoint_interval_ms,
+            parallelism=sink_parallelism,
         )
         statements.add_insert(sink.register(t_env, f"{suffix}_sink"), keyed_bytes_table(t_env, stream))
+    check_markers_feed_sink(statements, "deltas_sink")
     return statements
 
 

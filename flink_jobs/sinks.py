@@ -45,6 +45,8 @@ class KeyedBytesSink:
     transactional_id_prefix: str
     transaction_timeout_ms: int = 600_000
     checkpoint_interval_ms: int | None = None
+    #: the writer's parallelism (``sink.parallelism``); ``None``: the planner's choice (its input's)
+    parallelism: int | None = None
     key_column: str = KEY_COLUMN
     value_column: str = VALUE_COLUMN
     properties: Mapping[str, str] = field(default_factory=dict)
@@ -79,6 +81,8 @@ class KeyedBytesSink:
             "sink.transactional-id-prefix": self.transactional_id_prefix,
             "properties.transaction.timeout.ms": str(self.transaction_timeout_ms),
         }
+        if self.parallelism is not None:
+            options["sink.parallelism"] = str(self.parallelism)
         options.update({f"properties.{k}": v for k, v in self.properties.items()})
         return options
 

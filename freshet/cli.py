@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 DEFAULT_DEFS = Path("feature_defs")
@@ -64,9 +65,10 @@ def _cmd_model(args: argparse.Namespace) -> int:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    import os
     import shlex
 
-    from freshet.recovery import RecoveryError, plan, stage_snapshot
+    from freshet.recovery import RecoveryError, plan, replica_url, stage_snapshot
     from freshet.spec import load_feature_set
 
     layout = load_feature_set(args.defs).layout()
@@ -85,11 +87,32 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     except RecoveryError as exc:
         print(f"freshet replay: {exc}", file=sys.stderr)
         return 2
-    return _run_until_one_ends([steps.job_command, steps.replica_command])
+    url = replica_url(shlex.split(args.serve_args), os.environ)
+    print(f"waiting for the replica at {url} to become ready", file=sys.stderr)
+    return _run_until_one_ends([steps.job_command, steps.replica_command], _ReadyReporter(url))
 
 
-def _run_until_one_ends(commands: list[list[str]]) -> int:
-    """Run the commands side by side until one ends or this process is asked to stop; then stop the rest."""
+class _ReadyReporter:
+    """Asks the replica, about once a second, whether it is ready; says so once, with its digest."""
+
+    def __init__(self, url: str) -> None:
+        self.url, self.reported, self._next_s = url, False, 0.0
+
+    def __call__(self, now_s: float) -> None:
+        from freshet.recovery import ready_line, ready_state
+
+        if self.reported or now_s < self._next_s:
+            return
+        self._next_s = now_s + 1.0
+        state = ready_state(self.url)
+        if state is not None:
+            self.reported = True
+            print(f"freshet replay: {ready_line(self.url, state)}", file=sys.stderr, flush=True)
+
+
+def _run_until_one_ends(commands: list[list[str]], tick: Callable[[float], None] | None = None) -> int:
+    """Run the commands side by side until one ends or this process is asked to stop; then stop the rest.
+    ``tick(monotonic_s)`` runs between checks (the replay's readiness probe)."""
     import signal
     import subprocess
     import time
@@ -99,6 +122,8 @@ def _run_until_one_ends(commands: list[list[str]]) -> int:
     for signum in (signal.SIGINT, signal.SIGTERM):
         signal.signal(signum, lambda *_: stop.append(True))
     while not stop and all(p.poll() is None for p in procs):
+        if tick is not None:
+            tick(time.monotonic())
         time.sleep(0.2)
     for p in procs:
         if p.poll() is None:

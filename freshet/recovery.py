@@ -10,16 +10,22 @@ Recovery is then two steps, both of which this module prepares and ``freshet rep
    deltas harmlessly (deltas are absolute and versioned).
 
 Together they end where the run that never failed would have ended. Nothing here imports Flink, Kafka or an
-HTTP stack: the steps run as ``freshet job`` and ``freshet serve`` processes.
+HTTP stack: the steps run as ``freshet job`` and ``freshet serve`` processes, and whether the replica became
+ready is asked with the standard library's ``urllib`` (``ready_state``), the way any HTTP probe would ask.
 """
 
 from __future__ import annotations
 
+import argparse
+import json
 import os
 import shutil
 import sys
+import urllib.request
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from freshet.errors import FreshetError
 from freshet.layout import TensorLayout
@@ -106,3 +112,44 @@ def plan(
     replica = [*freshet, "serve", "--snapshots", str(replica_dir), "--checkpoint-dir",
                str(checkpoint.parent.parent), *(serve_args or [])]  # fmt: skip
     return RecoveryPlan(snapshot, checkpoint, replica_dir, job, replica)
+
+
+def replica_url(serve_args: list[str], environ: Mapping[str, str]) -> str:
+    """Where ``freshet serve <serve_args>`` answers: its ``--host``/``--port``, else ``FRESHET_HOST``/
+    ``FRESHET_PORT``, else the replica's defaults (a wildcard listen address is asked on loopback).
+
+    >>> replica_url(["--port", "8001", "--models", "m"], {}), replica_url(["--host=0.0.0.0"], {"FRESHET_PORT": "9"})
+    ('http://127.0.0.1:8001', 'http://127.0.0.1:9')
+    """
+    parser = argparse.ArgumentParser(add_help=False, allow_abbrev=False)
+    parser.add_argument("--host")
+    parser.add_argument("--port")
+    known, _ = parser.parse_known_args(serve_args)
+    host = known.host or environ.get("FRESHET_HOST", "127.0.0.1")
+    port = known.port or environ.get("FRESHET_PORT", "8000")
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::', '') else host}:{port}"
+
+
+def ready_state(base_url: str, timeout_s: float = 2.0) -> dict[str, Any] | None:
+    """The replica's ``GET /v1/state`` once ``GET /readyz`` says 200 (caught up with the delta topic), else
+    ``None``: not listening yet, still replaying, or an answer that is not JSON."""
+    try:
+        with urllib.request.urlopen(f"{base_url}/readyz", timeout=timeout_s):
+            pass  # 503 (not ready) raises HTTPError
+        with urllib.request.urlopen(f"{base_url}/v1/state", timeout=timeout_s) as response:
+            state: dict[str, Any] = json.loads(response.read())
+            return state
+    except (OSError, ValueError):  # URLError and HTTPError are OSErrors
+        return None
+
+
+def ready_line(base_url: str, state: Mapping[str, Any]) -> str:
+    """What ``freshet replay`` prints once the replica is ready.
+
+    >>> ready_line("http://h:1", {"digest": "ab", "started_from_snapshot": "/r/s", "flink_checkpoint": None,
+    ...                           "offsets": {"0": 3}})
+    'replica ready at http://h:1: digest ab, started from /r/s, aligned with checkpoint None, offsets {"0": 3}'
+    """
+    return (f"replica ready at {base_url}: digest {state.get('digest')}, started from "
+            f"{state.get('started_from_snapshot')}, aligned with checkpoint {state.get('flink_checkpoint')}, "
+            f"offsets {json.dumps(state.get('offsets'))}")  # fmt: skip

@@ -1,5 +1,6 @@
-"""What the fault-injection tests (``tests/test_faults.py``) and the soak (``bench/faults.py``) share: a
-stream whose applied end state the oracle knows exactly, the job and replica processes, and kill points.
+"""What the fault-injection tests (``tests/test_faults.py``) are built from: a stream whose applied end state
+the oracle knows exactly, the job and replica processes, and kill points. The soak (``bench/faults.py``) runs
+those tests over many seeds rather than importing this module (bench imports nothing from ``tests/``).
 
 The stream is two rounds of engagement events on the five test items (none of which can be late: see
 ``tests/test_job_flink.py``), each closed by an event days later that pushes the watermark past every window,

@@ -4,9 +4,11 @@ operator would, and hold the replica's final digest to the oracle's applied stat
 
 One run (``test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state``):
 
-(a) round one of the stream in three paced parts; after each of the first two parts the job is killed at a
-    random moment and restored from the latest retained checkpoint (``freshet job restore``); a replica runs
-    throughout; once round one is in, its digest must equal the oracle's;
+(a) round one of the stream in ``FRESHET_FAULT_JOB_KILLS`` + 1 paced parts (default 1 kill: two parts); after
+    each part but the last the job is killed at a random moment and restored from the latest retained
+    checkpoint (``freshet job restore``); a replica runs throughout; once round one is in, its digest must
+    equal the oracle's, and every checkpoint marker the restored job wrote must be no older than Flink's
+    trigger of the checkpoint it names;
 (c) round two, first part; the job *and* the replica are killed; ``freshet replay`` of an older snapshot
     (chosen at random among those naming a checkpoint) restores the job from the checkpoint that snapshot
     names and starts a replica from it; the rest of round two follows; the new replica must end at the
@@ -16,12 +18,16 @@ One run (``test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state``)
 (b) ``test_replica_killed_during_snapshot_writes_recovers_the_same_digest``: kill -9 while a snapshot is being
     written (kill -9 mid-apply is ``tests/test_serving_process.py``).
 
-Kill points come from ``FRESHET_FAULT_SEED`` (printed). ``bench/faults.py`` runs more of them.
+Kill points come from ``FRESHET_FAULT_SEED`` (printed); ``FRESHET_FAULT_SEEDS=1,2,3`` runs each scenario once
+per seed. ``bench/faults.py`` (the soak) runs this module over many seeds, with more job kills, and collects
+what each run appends to ``FRESHET_FAULT_FIGURES`` (a JSON line per run, written before its assertions, so
+failed runs are counted too).
 """
 
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import os
 import random
@@ -31,9 +37,11 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import kafka_helpers
 import pytest
 from faults_helpers import (
     kill_group,
@@ -52,12 +60,36 @@ from test_job_flink import FS_DEFS, LAYOUT, Setup, _require_flink
 from test_serving_process import ServeProcess
 
 from freshet.broker import free_port
+from freshet.markers import decode_marker, is_marker
 from freshet.snapshot import list_snapshots, load_snapshot
 from serving.testing import DeltaProducer, random_deltas, send_in_transactions, wait_until
 
 pytestmark = [pytest.mark.flink, pytest.mark.kafka, pytest.mark.http]
 
-SEED = int(os.environ.get("FRESHET_FAULT_SEED", "6"))
+SEEDS = [
+    int(s)
+    for s in os.environ.get("FRESHET_FAULT_SEEDS", os.environ.get("FRESHET_FAULT_SEED", "6")).split(",")
+]
+#: job kills in scenario (a): one in the test command (each costs a job restart, ~15 s), more in the soak
+JOB_KILLS = int(os.environ.get("FRESHET_FAULT_JOB_KILLS", "1"))
+PACE_S = 1.5  # each paced part of the stream: a kill inside it lands between 1 s checkpoints, at random
+
+
+@contextlib.contextmanager
+def recorded(scenario: str, seed: int) -> Iterator[dict[str, Any]]:
+    """Figures of one run, appended to ``FRESHET_FAULT_FIGURES`` (if set) whether the run passes or not."""
+    start = time.monotonic()
+    figures: dict[str, Any] = {"scenario": scenario, "seed": seed, "passed": False, "phases_s": {},
+                               "_start": start}  # fmt: skip
+    try:
+        yield figures
+        figures["passed"] = True
+    finally:
+        figures["duration_s"] = round(time.monotonic() - figures.pop("_start"), 1)
+        print("faults:", json.dumps(figures))
+        if out := os.environ.get("FRESHET_FAULT_FIGURES"):
+            with open(out, "a") as f:
+                f.write(json.dumps(figures) + "\n")
 
 
 def replica_args(setup: Setup, snapshots: Path, checkpoints: Path) -> list[str]:
@@ -79,20 +111,26 @@ def wait_for_digest(get_state: Any, want: str, timeout_s: float, what: str) -> d
     return None
 
 
+def phase(figures: dict[str, Any], name: str) -> None:
+    """When ``name`` was reached, in seconds since the run began (where the soak's time goes)."""
+    figures["phases_s"][name] = round(time.monotonic() - figures["_start"], 1)
+
+
 def http_state(serve: ServeProcess) -> Any:
     response = serve.get("/v1/state")
     return response.json() if response is not None and response.status_code == 200 else None
 
 
-def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int) -> dict[str, Any]:
-    """The whole scenario of the module docstring; returns its figures (kills, rows wrong)."""
+def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int, figures: dict[str, Any]) -> None:
+    """The whole scenario of the module docstring; fills in ``figures`` (kills, rows wrong) as it goes."""
     rng = random.Random(seed)
     stream = make_stream(seed)
     want1 = oracle_model(stream.round1, stream.attributes)
     want2 = oracle_model(stream.round1 + stream.round2, stream.attributes)
     checkpoints = tmp_path / "checkpoints"
-    parts = [stream.round1[:200], stream.round1[200:400], stream.round1[400:]]
-    figures: dict[str, Any] = {"seed": seed, "kill_after_s": [], "job_kills": 0, "replica_kills": 0}
+    cuts = [len(stream.round1) * i // (JOB_KILLS + 1) for i in range(JOB_KILLS + 2)]
+    parts = [stream.round1[a:b] for a, b in itertools.pairwise(cuts)]
+    figures.update(kill_after_s=[], job_kills=0, replica_kills=0)
     kafka_attrs = stream.attributes
     setup.produce([], (), kafka_attrs)
     replica = ServeProcess(replica_args(setup, tmp_path / "r1", checkpoints), tmp_path / "r1.log")
@@ -100,18 +138,22 @@ def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int) -> dict[str
     with reaped(procs):
         job = start_job(setup.run_argv(tmp_path), tmp_path / "job0")
         procs.append(job.proc)
+        phase(figures, "job_running")
         for i, part in enumerate(parts):
-            sending = pace(setup, part, seconds=2.0)
+            sending = pace(setup, part, seconds=PACE_S)
             if i == len(parts) - 1:
                 sending.join()
                 break
             job = kill_and_restore(job, rng, figures, checkpoints, tmp_path / f"job{i + 1}", procs)
+            phase(figures, f"job_restored_{i + 1}")
             sending.join()
         state = wait_for_digest(lambda: http_state(replica), want1.digest(), 180, "round one")
+        phase(figures, "round_one_at_oracle")
+        figures["markers_checked"] = check_markers_follow_their_trigger(setup, job)
         figures["rows_wrong_a"] = 0 if state else rows_wrong(newest_snapshot_model(tmp_path / "r1"), want1)
         assert state is not None, f"after round one the replica differs from the oracle: {figures}"
 
-        sending = pace(setup, stream.round2[:100], seconds=2.0)
+        sending = pace(setup, stream.round2[:100], seconds=PACE_S)
         delay = round(rng.uniform(0.3, 2.5), 2)
         time.sleep(delay)
         kill_group(job.proc)
@@ -123,18 +165,47 @@ def run_killed_and_replayed(setup: Setup, tmp_path: Path, seed: int) -> dict[str
         older = pick_older_snapshot(rng, tmp_path / "r1")
         figures["replayed_snapshot"] = older["flink_checkpoint"]
         replayed, port = start_replay(setup, Path(older["path"]), tmp_path, procs)
+        phase(figures, "replay_job_running")
         setup.produce(stream.round2[100:])
         serve_state = lambda: _state_on(port)  # noqa: E731
         state = wait_for_digest(serve_state, want2.digest(), 180, "after the replay")
+        phase(figures, "replay_at_oracle")
         figures["rows_wrong_c"] = 0 if state else rows_wrong(newest_snapshot_model(tmp_path / "r2"), want2)
         assert state is not None, f"the replayed pipeline differs from the oracle: {figures}"
         restored = replayed.rest("/checkpoints")["latest"]["restored"]["external_path"]
         assert Path(restored.removeprefix("file:")) == Path(older["flink_checkpoint"]).resolve()
         assert state["started_from_snapshot"].startswith(str(tmp_path / "r2"))
+        ready = f"freshet replay: replica ready at http://127.0.0.1:{port}: digest "
+        wait_until(lambda: ready in (tmp_path / "replay" / "driver.err").read_text(), timeout_s=15,
+                   what="freshet replay reporting the replica ready")  # fmt: skip
         os.killpg(replayed.proc.pid, signal.SIGTERM)
         replayed.proc.wait(timeout=120)
         assert not stop_group(replayed.proc.pid, timeout_s=30), "replay left processes behind"
-    return figures
+
+
+def check_markers_follow_their_trigger(setup: Setup, job: Any) -> int:
+    """Every checkpoint marker the running job wrote is no older than Flink's trigger of the checkpoint it
+    names (its record time against the REST history); returns how many were checked.
+
+    A marker of checkpoint N written before N was triggered (N+1's marker at barrier N, say) is the one way
+    the operator can make a replica name a checkpoint its cut does not include; end-state comparisons cannot
+    see it (the delta topic keeps every delta, and a restored job re-emits what follows its checkpoint).
+    Uncommitted records count too: the rule holds for every record the operator writes.
+    """
+    triggered = {c["id"]: c["trigger_timestamp"] for c in job.rest("/checkpoints")["history"]}
+    records = kafka_helpers.read_topic(setup.servers, setup.deltas, isolation_level="read_uncommitted")
+    marked = [(decode_marker(r.value), r.timestamp) for r in records if is_marker(r.value)]
+    mine = [
+        (m.checkpoint_id, ts)
+        for m, ts in marked
+        if m and m.job_id == job.job_id and m.checkpoint_id in triggered
+    ]
+    early = [(n, ts, triggered[n]) for n, ts in mine if ts < triggered[n]]
+    assert mine, f"no marker of the checkpoints in the job's REST history {sorted(triggered)}"
+    assert not early, (
+        f"markers written before their checkpoint was triggered (id, written, triggered): {early[:5]}"
+    )
+    return len(mine)
 
 
 def kill_and_restore(job: Any, rng: random.Random, figures: dict[str, Any], checkpoints: Path, work_dir: Path,
@@ -191,13 +262,18 @@ def _state_on(port: int) -> Any:
     return response.json() if response.status_code == 200 else None
 
 
-def test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state(broker, make_topic, tmp_path) -> None:
+@pytest.mark.parametrize("seed", SEEDS)
+def test_job_and_replica_killed_mid_stream_recover_to_the_oracle_state(
+    broker, make_topic, tmp_path, seed
+) -> None:
     _require_flink()
     setup = Setup.make(broker, make_topic, tmp_path)
-    print(f"fault seed {SEED} (FRESHET_FAULT_SEED)")
-    figures = run_killed_and_replayed(setup, tmp_path, SEED)
-    print("faults:", json.dumps(figures))
-    assert figures["job_kills"] == 3 and figures["rows_wrong_a"] == figures["rows_wrong_c"] == 0
+    print(f"fault seed {seed} (FRESHET_FAULT_SEED), {JOB_KILLS} job kill(s) in round one")
+    with recorded("job_killed_and_replayed", seed) as figures:
+        run_killed_and_replayed(setup, tmp_path, seed, figures)
+        assert (
+            figures["job_kills"] == JOB_KILLS + 1 and figures["rows_wrong_a"] == figures["rows_wrong_c"] == 0
+        )
 
 
 def _kill_during_a_snapshot_write(serve: ServeProcess, snapshots: Path, rng: random.Random) -> float:
@@ -215,11 +291,21 @@ def _kill_during_a_snapshot_write(serve: ServeProcess, snapshots: Path, rng: ran
     return delay
 
 
-def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(broker, make_topic, tmp_path) -> None:
+@pytest.mark.parametrize("seed", SEEDS)
+def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(
+    broker, make_topic, tmp_path, seed
+) -> None:
     """Two kill -9s inside snapshot writes (seeded delays), each followed by a restart on the same directory:
     the partial writes are discarded, the newest complete snapshot loads, and the replica ends at the digest
     of a replica that read the topic once."""
-    rng = random.Random(SEED)
+    with recorded("replica_killed_in_snapshot_writes", seed) as figures:
+        _killed_during_snapshot_writes(broker, make_topic, tmp_path, seed, figures)
+        assert figures["digest_equal"], "the restarted replica's digest differs from the uninterrupted one's"
+
+
+def _killed_during_snapshot_writes(broker: Any, make_topic: Any, tmp_path: Path, seed: int,
+                                   figures: dict[str, Any]) -> None:  # fmt: skip
+    rng = random.Random(seed)
     topic = make_topic(partitions=3)
     snapshots = tmp_path / "snapshots"
     args = ["--bootstrap-servers", broker.bootstrap_servers, "--delta-topic", topic, "--feature-defs", str(FS_DEFS),
@@ -250,8 +336,8 @@ def test_replica_killed_during_snapshot_writes_recovers_the_same_digest(broker, 
         for serve in serves:
             with contextlib.suppress(Exception):
                 serve.stop(signal.SIGKILL)
-    print(f"snapshot-write kills (seed {SEED}): delays {delays} s")
-    assert state["digest"] == _reference_digest(
+    figures.update(replica_kills=len(delays), kill_after_s=delays)
+    figures["digest_equal"] = state["digest"] == _reference_digest(
         broker.bootstrap_servers, topic, producer.next_offsets, tmp_path
     )
 

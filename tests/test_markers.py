@@ -135,3 +135,90 @@ def test_a_replica_snapshot_names_the_newest_marked_checkpoint_that_exists(tmp_p
     manifest = restarted.restore()
     assert manifest is not None and manifest.flink_checkpoint == named
     assert restarted.state().flink_checkpoint == named, "a restored replica stays aligned with its snapshot's"
+
+
+SHAPE = [(s, p) for s in range(2) for p in range(3)]  # 2 marker subtasks, 3 delta-topic partitions
+
+
+@pytest.mark.parametrize("missing", SHAPE, ids=[f"subtask{s}-partition{p}" for s, p in SHAPE])
+def test_a_checkpoint_missing_one_subtasks_marker_on_one_partition_is_never_named(missing) -> None:
+    """Markers from only some subtasks or on only some partitions vouch for nothing: the absent one may still
+    have deltas before its barrier in flight; a later checkpoint's markers elsewhere change nothing."""
+    alignment = CheckpointAlignment()
+    for subtask, partition in SHAPE:
+        if (subtask, partition) != missing:
+            alignment.observe(partition, marker(7, subtask, partition, subtasks=2, partitions=3))
+            alignment.observe(partition, marker(8, subtask, partition, subtasks=2, partitions=3))
+    assert alignment.aligned(lambda c: True) is None and alignment.completed() == []
+    subtask, partition = missing
+    alignment.observe(partition, marker(7, subtask, partition, subtasks=2, partitions=3))
+    assert alignment.aligned(lambda c: True) == AlignedCheckpoint(JOB, 7), (
+        "complete once the last one is read"
+    )
+
+
+def test_markers_of_two_jobs_never_complete_each_others_checkpoints() -> None:
+    alignment = CheckpointAlignment()
+    alignment.observe(0, marker(3, partition=0, job=JOB))
+    alignment.observe(1, marker(3, partition=1, job=OTHER))
+    assert alignment.aligned(lambda c: True) is None
+
+
+def test_the_replica_names_only_a_checkpoint_whose_metadata_exists(tmp_path: Path) -> None:
+    """chk-N without ``_metadata`` is a checkpoint Flink started and never completed (or is still writing):
+    a broker that shows aborted transactions can show its markers, so it is never named."""
+    from serving.alignment import ReplicaAlignment
+
+    for n in (3, 4):
+        (tmp_path / JOB / f"chk-{n}").mkdir(parents=True)
+    candidates = [AlignedCheckpoint(JOB, n) for n in (3, 4, 5)]  # chk-5: no directory at all
+    assert ReplicaAlignment(tmp_path).name(candidates) is None
+    (tmp_path / JOB / "chk-3" / "_metadata").write_bytes(b"x")
+    assert ReplicaAlignment(tmp_path).name(candidates) == str((tmp_path / JOB / "chk-3").resolve())
+    assert ReplicaAlignment(None).name(candidates) is None, "no checkpoint directory: nothing is named"
+
+
+def plan(strategy: str = "FORWARD", writer_parallelism: int = 1, joined: bool = False) -> dict:
+    """The delta path of the job's JSON execution plan (ids and names as Flink 2.0 writes them)."""
+    scan_inputs = [
+        {"id": 28, "ship_strategy": "FORWARD"},
+        *([{"id": 6, "ship_strategy": "FORWARD"}] * joined),
+    ]
+    return {"nodes": [
+        {"id": 6, "contents": "windows engagement", "parallelism": 1, "predecessors": []},
+        {"id": 28, "contents": "checkpoint markers", "parallelism": 1, "predecessors": [{"id": 6, "ship_strategy": "FORWARD"}]},
+        {"id": 32, "contents": "[1]:TableSourceScan(table=[[*anonymous_datastream_source$1*]])", "parallelism": 1,
+         "predecessors": scan_inputs},
+        {"id": 33, "contents": "[2]:ConstraintEnforcer[NotNullEnforcer(fields=[item_id])]", "parallelism": 1,
+         "predecessors": [{"id": 32, "ship_strategy": strategy}]},
+        {"id": 46, "contents": "deltas_sink[2]: Writer", "parallelism": writer_parallelism,
+         "predecessors": [{"id": 33, "ship_strategy": "FORWARD"}]},
+        {"id": 48, "contents": "deltas_sink[2]: Committer", "parallelism": 1, "predecessors": [{"id": 46, "ship_strategy": "FORWARD"}]},
+    ]}  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("shape", "problem"),
+    [
+        ({}, None),
+        ({"strategy": "REBALANCE"}, "REBALANCE edge into '[2]:ConstraintEnforcer"),
+        ({"strategy": "HASH"}, "HASH edge into"),
+        ({"writer_parallelism": 2}, "'deltas_sink[2]: Writer' at parallelism 2, markers at 1"),
+        ({"joined": True}, "has inputs other than the markers' stream"),
+    ],
+)
+def test_the_job_refuses_a_plan_where_markers_do_not_feed_the_delta_writer_one_to_one(shape, problem) -> None:
+    from flink_jobs.markers import marker_path_problems
+
+    problems = marker_path_problems(plan(**shape), "deltas_sink")
+    assert problems == [] if problem is None else any(problem in p for p in problems), problems
+
+
+def test_a_plan_without_the_marker_operator_or_sink_is_refused() -> None:
+    from flink_jobs.markers import marker_path_problems
+
+    no_markers = {"nodes": [n for n in plan()["nodes"] if n["contents"] != "checkpoint markers"]}
+    assert marker_path_problems(no_markers, "deltas_sink") == [
+        "0 'checkpoint markers' operators in the plan, expected one"
+    ]
+    assert "feeds 0 operators" in marker_path_problems(plan(), "other_sink")[0]
