@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import random
 import signal
 import subprocess
@@ -20,6 +21,7 @@ import sys
 import tempfile
 import time
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -110,7 +112,7 @@ def _run_job(args: argparse.Namespace, servers: str, work: Path, values: list[by
     assert proc.stdout is not None
     try:
         started = json.loads(proc.stdout.readline())
-        result = _observe(started["rest_url"], started["job_id"], len(values))
+        result = _observe(started["rest_url"], started["job_id"], len(values), lambda: _tree_cpu_s(proc.pid))
         result.update(_latency(servers, args.latency_probes))
         return result
     finally:
@@ -161,11 +163,15 @@ def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, An
 def _collect(
     consumer: Any, seen: dict[int, float], layout: Any, kind: Any, decode: Any, wait_s: float
 ) -> None:
+    from freshet.markers import is_marker
+
     deadline = time.monotonic() + wait_s
     while True:
         for batch in consumer.poll(timeout_ms=20).values():
             now = time.monotonic()
             for record in batch:
+                if is_marker(record.value):  # the checkpoint markers share the delta topic
+                    continue
                 delta = decode(record.value, layout)
                 if delta.kind == kind.ELIGIBILITY:
                     seen.setdefault(delta.item_id, now)
@@ -173,20 +179,24 @@ def _collect(
             return
 
 
-def _observe(rest: str, job_id: str, n: int, timeout_s: float = 900) -> dict[str, Any]:
+def _observe(
+    rest: str, job_id: str, n: int, cpu_s: Callable[[], float], timeout_s: float = 900
+) -> dict[str, Any]:
     job = _get(f"{rest}/jobs/{job_id}")
     vertex = next(v["id"] for v in job["vertices"] if "windows engagement" in v["name"])
-    samples: list[tuple[float, int]] = []
+    samples: list[tuple[float, int, float]] = []
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         subtasks = _get(f"{rest}/jobs/{job_id}/vertices/{vertex}")["subtasks"]
-        samples.append((time.monotonic(), sum(int(s["metrics"]["read-records"]) for s in subtasks)))
+        count = sum(int(s["metrics"]["read-records"]) for s in subtasks)
+        samples.append((time.monotonic(), count, cpu_s()))
         if samples[-1][1] >= n:
             break
         time.sleep(0.5)
-    first = next((t for t, count in samples if count > 0), samples[-1][0])
-    last_t, last_count = samples[-1]
+    first, _, cpu_first = next((s for s in samples if s[1] > 0), samples[-1])
+    last_t, last_count, _ = samples[-1]
     committed_t = _next_checkpoint(rest, job_id, deadline)
+    job_cpu_s = cpu_s() - cpu_first
     checkpoints = _get(f"{rest}/jobs/{job_id}/checkpoints")
     return {
         "events": n,
@@ -196,9 +206,37 @@ def _observe(rest: str, job_id: str, n: int, timeout_s: float = 900) -> dict[str
         # the deltas of every window those events fired are committed with the first checkpoint after the last one
         "seconds_first_event_to_committed": round(committed_t - first, 2),
         "end_to_end_events_per_s": round(last_count / max(committed_t - first, 1e-9)),
+        # CPU the job's processes (JVM and Python workers, not the broker) spent meanwhile: on a shared machine
+        # the wall-clock rate follows the load; events per CPU second is the job's own cost
+        "job_cpu_seconds": round(job_cpu_s, 2),
+        "events_per_job_cpu_second": round(last_count / max(job_cpu_s, 1e-9)),
         "checkpoints_completed": checkpoints["counts"]["completed"],
         "checkpoint_duration_ms_avg": checkpoints["summary"]["end_to_end_duration"]["avg"],
     }
+
+
+def _tree_cpu_s(root: int) -> float:
+    """User + system CPU seconds of process ``root`` and its descendants, from /proc (0.0 where there is none)."""
+    proc = Path("/proc")
+    if not proc.is_dir():
+        return 0.0
+    children: dict[int, list[int]] = {}
+    ticks: dict[int, int] = {}
+    for entry in proc.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue  # the process ended meanwhile
+        children.setdefault(int(fields[1]), []).append(int(entry.name))
+        ticks[int(entry.name)] = int(fields[11]) + int(fields[12])
+    total, stack = 0, [root]
+    while stack:
+        pid = stack.pop()
+        total += ticks.get(pid, 0)
+        stack.extend(children.get(pid, []))
+    return total / os.sysconf("SC_CLK_TCK")
 
 
 def _next_checkpoint(rest: str, job_id: str, deadline: float) -> float:
@@ -226,7 +264,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--window-operator", choices=("jvm", "python"), default="jvm")
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
-    result = {"machine": {"cpus": __import__("os").cpu_count()}, **vars(args), **measure(args)}
+    result = {"machine": {"cpus": os.cpu_count()}, **vars(args), **measure(args)}
     result["out"] = str(args.out) if args.out else None
     text = json.dumps(result, indent=2, default=str)
     print(text)

@@ -1,8 +1,11 @@
 package dev.freshet.flink;
 
+import java.io.IOException;
 import java.math.BigDecimal;
 import java.util.Arrays;
-import java.util.HashSet;
+
+import org.apache.flink.core.memory.DataInputView;
+import org.apache.flink.core.memory.DataOutputView;
 
 /**
  * The aggregators of {@code freshet.aggregators}, with the same results bit for bit: exact sums rounded once
@@ -10,8 +13,9 @@ import java.util.HashSet;
  * 128 values, then a HyperLogLog of 1024 registers fed the same 64-bit hashes (its small-range estimate calls
  * {@code Math.log}, which may differ from the C library's {@code log} in the last bit of a double, not of the float32
  * a delta carries). Accumulators are mutable plain
- * objects (Flink keyed state, serialized by Kryo); an event's value arrives as a float and a hash, each aggregator
- * reading the one it needs.
+ * objects; an event's value arrives as a float and a hash, each aggregator reading the one it needs. Each one copies
+ * and writes itself (a tag byte, then its fields) for {@link ItemWindowsSerializer}: Flink's heap state copies an
+ * item's state on its first access after every checkpoint and writes all of it at every checkpoint.
  */
 final class Aggregators {
     static final int EXACT_DISTINCT_LIMIT = 128;
@@ -27,6 +31,36 @@ final class Aggregators {
         abstract void add(double number, long hash, long tsMs);
 
         abstract double result();
+
+        /** A deep copy: changing it never changes this one. */
+        abstract Acc copy();
+
+        /** The fields after the tag {@link #write} puts first. */
+        abstract void writeFields(DataOutputView out) throws IOException;
+
+        abstract void readFields(DataInputView in) throws IOException;
+
+        /** Its index in {@link #NAMES}, the tag of its serialized form. */
+        abstract int tag();
+
+        final void write(DataOutputView out) throws IOException {
+            out.writeByte(tag());
+            writeFields(out);
+        }
+    }
+
+    /** The aggregation names; an accumulator's serialized tag is its index here: never reorder. */
+    static final String[] NAMES = {"count", "sum", "mean", "min", "max", "last", "approx_distinct"};
+
+    /** An accumulator as {@link Acc#write} wrote it. */
+    static Acc read(DataInputView in) throws IOException {
+        int tag = in.readByte();
+        if (tag < 0 || tag >= NAMES.length) {
+            throw new IOException("no aggregator has the tag " + tag);
+        }
+        Acc acc = initial(NAMES[tag]);
+        acc.readFields(in);
+        return acc;
     }
 
     /** A fresh accumulator of the aggregation called {@code name}. */
@@ -49,6 +83,18 @@ final class Aggregators {
         @Override void add(double number, long hash, long tsMs) { n++; }
 
         @Override double result() { return (double) n; }
+
+        @Override int tag() { return 0; }
+
+        @Override Acc copy() {
+            Count c = new Count();
+            c.n = n;
+            return c;
+        }
+
+        @Override void writeFields(DataOutputView out) throws IOException { out.writeLong(n); }
+
+        @Override void readFields(DataInputView in) throws IOException { n = in.readLong(); }
     }
 
     /** An exact sum as non-overlapping doubles of increasing magnitude (the inner loop of math.fsum). */
@@ -90,6 +136,28 @@ final class Aggregators {
             }
             return naive != 0.0 || Double.isNaN(naive) ? naive : exact.doubleValue() + 0.0;
         }
+
+        Partials copy() {
+            Partials c = new Partials();
+            c.p = Arrays.copyOf(p, Math.max(2, size));
+            c.size = size;
+            return c;
+        }
+
+        void write(DataOutputView out) throws IOException {
+            out.writeInt(size);
+            for (int i = 0; i < size; i++) {
+                out.writeDouble(p[i]);
+            }
+        }
+
+        void read(DataInputView in) throws IOException {
+            size = in.readInt();
+            p = new double[Math.max(2, size)];
+            for (int i = 0; i < size; i++) {
+                p[i] = in.readDouble();
+            }
+        }
     }
 
     static final class Sum extends Acc {
@@ -98,6 +166,18 @@ final class Aggregators {
         @Override void add(double number, long hash, long tsMs) { partials.grow(number); }
 
         @Override double result() { return partials.sum(); }
+
+        @Override int tag() { return 1; }
+
+        @Override Acc copy() {
+            Sum c = new Sum();
+            c.partials = partials.copy();
+            return c;
+        }
+
+        @Override void writeFields(DataOutputView out) throws IOException { partials.write(out); }
+
+        @Override void readFields(DataInputView in) throws IOException { partials.read(in); }
     }
 
     static final class Mean extends Acc {
@@ -107,30 +187,68 @@ final class Aggregators {
         @Override void add(double number, long hash, long tsMs) { partials.grow(number); n++; }
 
         @Override double result() { return n == 0 ? Double.NaN : partials.sum() / n; }
+
+        @Override int tag() { return 2; }
+
+        @Override Acc copy() {
+            Mean c = new Mean();
+            c.partials = partials.copy();
+            c.n = n;
+            return c;
+        }
+
+        @Override void writeFields(DataOutputView out) throws IOException {
+            partials.write(out);
+            out.writeLong(n);
+        }
+
+        @Override void readFields(DataInputView in) throws IOException {
+            partials.read(in);
+            n = in.readLong();
+        }
     }
 
-    static final class Min extends Acc {
+    /** A value that may be absent: the state of min, max. */
+    abstract static class OneValue extends Acc {
         boolean any;
         double value;
 
+        @Override double result() { return any ? value : Double.NaN; }
+
+        @Override Acc copy() {
+            OneValue c = (OneValue) initial(NAMES[tag()]);
+            c.any = any;
+            c.value = value;
+            return c;
+        }
+
+        @Override void writeFields(DataOutputView out) throws IOException {
+            out.writeBoolean(any);
+            out.writeDouble(value);
+        }
+
+        @Override void readFields(DataInputView in) throws IOException {
+            any = in.readBoolean();
+            value = in.readDouble();
+        }
+    }
+
+    static final class Min extends OneValue {
         @Override void add(double number, long hash, long tsMs) {
             if (!any || number < value) { value = number; }
             any = true;
         }
 
-        @Override double result() { return any ? value : Double.NaN; }
+        @Override int tag() { return 3; }
     }
 
-    static final class Max extends Acc {
-        boolean any;
-        double value;
-
+    static final class Max extends OneValue {
         @Override void add(double number, long hash, long tsMs) {
             if (!any || number > value) { value = number; }
             any = true;
         }
 
-        @Override double result() { return any ? value : Double.NaN; }
+        @Override int tag() { return 4; }
     }
 
     /** The value of the greatest event time; among equal times the greatest value (Python's tuple max). */
@@ -148,22 +266,64 @@ final class Aggregators {
         }
 
         @Override double result() { return any ? value : Double.NaN; }
+
+        @Override int tag() { return 5; }
+
+        @Override Acc copy() {
+            Last c = new Last();
+            c.any = any;
+            c.tsMs = tsMs;
+            c.value = value;
+            return c;
+        }
+
+        @Override void writeFields(DataOutputView out) throws IOException {
+            out.writeBoolean(any);
+            out.writeLong(tsMs);
+            out.writeDouble(value);
+        }
+
+        @Override void readFields(DataInputView in) throws IOException {
+            any = in.readBoolean();
+            tsMs = in.readLong();
+            value = in.readDouble();
+        }
     }
 
+    /**
+     * Exact distinct hashes up to {@link #EXACT_DISTINCT_LIMIT}, kept sorted in a {@code long[]} (no boxing: an
+     * item's 1-day sliding window is 24 of these, copied at the first access after each checkpoint), then a
+     * HyperLogLog of all of them.
+     */
     static final class ApproxDistinct extends Acc {
-        HashSet<Long> exact = new HashSet<>();
+        long[] exact = new long[4];
+        int size;
         byte[] registers;
 
         @Override void add(double number, long hash, long tsMs) {
-            if (registers == null) {
-                if (exact.add(hash) && exact.size() > EXACT_DISTINCT_LIMIT) {
-                    registers = new byte[HLL_REGISTERS];
-                    for (long h : exact) { observe(h); }
-                    exact = null;
-                }
+            if (registers != null) {
+                observe(hash);
                 return;
             }
-            observe(hash);
+            int at = Arrays.binarySearch(exact, 0, size, hash);
+            if (at >= 0) {
+                return;
+            }
+            if (size == EXACT_DISTINCT_LIMIT) {
+                registers = new byte[HLL_REGISTERS];
+                for (int i = 0; i < size; i++) { observe(exact[i]); }
+                observe(hash);
+                exact = null;
+                size = 0;
+                return;
+            }
+            if (size == exact.length) {
+                exact = Arrays.copyOf(exact, 2 * size);
+            }
+            int insert = -at - 1;
+            System.arraycopy(exact, insert, exact, insert + 1, size - insert);
+            exact[insert] = hash;
+            size++;
         }
 
         private void observe(long h) {
@@ -174,7 +334,7 @@ final class Aggregators {
         }
 
         @Override double result() {
-            if (registers == null) { return (double) exact.size(); }
+            if (registers == null) { return (double) size; }
             // sum of 2**-r, exact (as math.fsum): every term is a multiple of 2**-55
             java.math.BigInteger scaled = java.math.BigInteger.ZERO;
             int zeros = 0;
@@ -188,6 +348,41 @@ final class Aggregators {
                 return HLL_REGISTERS * Math.log((double) HLL_REGISTERS / zeros);
             }
             return raw;
+        }
+
+        @Override int tag() { return 6; }
+
+        @Override Acc copy() {
+            ApproxDistinct c = new ApproxDistinct();
+            c.exact = exact == null ? null : Arrays.copyOf(exact, Math.max(4, size));
+            c.size = size;
+            c.registers = registers == null ? null : registers.clone();
+            return c;
+        }
+
+        /** The exact hashes (a count, then each, ascending), or -1 and the registers once past the exact limit. */
+        @Override void writeFields(DataOutputView out) throws IOException {
+            if (registers != null) {
+                out.writeInt(-1);
+                out.write(registers);
+                return;
+            }
+            out.writeInt(size);
+            for (int i = 0; i < size; i++) { out.writeLong(exact[i]); }
+        }
+
+        @Override void readFields(DataInputView in) throws IOException {
+            int n = in.readInt();
+            if (n < 0) {
+                exact = null;
+                size = 0;
+                registers = new byte[HLL_REGISTERS];
+                in.readFully(registers);
+                return;
+            }
+            exact = new long[Math.max(4, n)];
+            for (int i = 0; i < n; i++) { exact[i] = in.readLong(); }
+            size = n;
         }
     }
 }

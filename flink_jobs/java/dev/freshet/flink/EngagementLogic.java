@@ -26,11 +26,31 @@ final class EngagementLogic {
     static final byte KIND_FEATURE = 2;
     private static final ObjectMapper LATE_JSON = JsonMapper.builder().enable(JsonWriteFeature.ESCAPE_NON_ASCII).build();
 
-    /** One item's open windows, by feature (null: none open). Kept in Flink state as is. */
+    /** One item's open windows, by feature (null: none open). Flink state, written by {@link ItemWindowsSerializer}. */
     public static final class ItemWindows {
         public TreeMap<Long, WindowLogic.Slot>[] byFeature;
 
         public ItemWindows() {}
+
+        @SuppressWarnings({"unchecked", "rawtypes"})
+        ItemWindows(int features) {
+            byFeature = new TreeMap[features];
+        }
+
+        /** A deep copy: what the heap state backend keeps for a checkpoint while this one changes. */
+        ItemWindows copy() {
+            ItemWindows c = new ItemWindows(byFeature.length);
+            for (int i = 0; i < byFeature.length; i++) {
+                if (byFeature[i] != null) {
+                    TreeMap<Long, WindowLogic.Slot> windows = new TreeMap<>(byFeature[i]); // linear: built sorted
+                    for (var entry : windows.entrySet()) {
+                        entry.setValue(entry.getValue().copy());
+                    }
+                    c.byFeature[i] = windows;
+                }
+            }
+            return c;
+        }
 
         boolean isEmpty() {
             for (TreeMap<Long, WindowLogic.Slot> w : byFeature) {
@@ -64,11 +84,8 @@ final class EngagementLogic {
         }
     }
 
-    @SuppressWarnings({"unchecked", "rawtypes"})
     ItemWindows initial() {
-        ItemWindows windows = new ItemWindows();
-        windows.byFeature = new TreeMap[spec.features.size()];
-        return windows;
+        return new ItemWindows(spec.features.size());
     }
 
     /** {@code event} arrives while the watermark is {@code watermarkMs}. */

@@ -5,7 +5,6 @@ import java.util.Map;
 import org.apache.flink.api.common.functions.OpenContext;
 import org.apache.flink.api.common.state.ValueState;
 import org.apache.flink.api.common.state.ValueStateDescriptor;
-import org.apache.flink.api.java.typeutils.GenericTypeInfo;
 import org.apache.flink.metrics.Counter;
 import org.apache.flink.streaming.api.functions.KeyedProcessFunction;
 import org.apache.flink.types.Row;
@@ -36,7 +35,7 @@ final class EngagementWindows extends KeyedProcessFunction<Long, EngagementEvent
     public void open(OpenContext context) {
         logic = new EngagementLogic(spec);
         windows = getRuntimeContext().getState(
-            new ValueStateDescriptor<>("windows", new GenericTypeInfo<>(EngagementLogic.ItemWindows.class)));
+            new ValueStateDescriptor<>("windows", new ItemWindowsSerializer()));
         int n = spec.features.size();
         sideOutput = new Counter[n];
         dropped = new Counter[n];

@@ -1,6 +1,8 @@
 package dev.freshet.flink;
 
 import java.io.BufferedReader;
+import java.io.IOException;
+import java.io.UncheckedIOException;
 import java.io.InputStreamReader;
 import java.io.PrintStream;
 import java.nio.charset.StandardCharsets;
@@ -11,6 +13,8 @@ import java.util.Map;
 import java.util.TreeMap;
 import java.util.TreeSet;
 
+import org.apache.flink.core.memory.DataInputDeserializer;
+import org.apache.flink.core.memory.DataOutputSerializer;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.JsonNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ArrayNode;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.ObjectNode;
@@ -20,7 +24,9 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.Obje
  * stdin, one JSON answer per line on stdout. Requests: {@code window} (one feature's WindowOperator over a script of
  * events and watermarks), {@code engagement} (every feature of a source over raw records, with per-item event-time
  * timers as Flink keeps them, like {@code tests/job_streams.LogicRun}), {@code parse} (raw records → event or
- * reason). Floats travel as {@code Double.toHexString}, exact.
+ * reason). Floats travel as {@code Double.toHexString}, exact. Between steps every state goes through
+ * {@link ItemWindowsSerializer} (copied, written, read back), as Flink's heap state does at checkpoints, so the
+ * same tests hold the serializer to the logic.
  */
 public final class LogicServer {
     private LogicServer() {}
@@ -49,6 +55,25 @@ public final class LogicServer {
         }
     }
 
+    /** {@code windows} as the window operator finds it after a checkpoint: a copy, written and read back. */
+    static EngagementLogic.ItemWindows throughFlink(EngagementLogic.ItemWindows windows) {
+        ItemWindowsSerializer serializer = new ItemWindowsSerializer();
+        try {
+            DataOutputSerializer out = new DataOutputSerializer(256);
+            serializer.serialize(serializer.copy(windows), out);
+            return serializer.deserialize(new DataInputDeserializer(out.getCopyOfBuffer()));
+        } catch (IOException e) {
+            throw new UncheckedIOException(e);
+        }
+    }
+
+    private static TreeMap<Long, WindowLogic.Slot> throughFlink(TreeMap<Long, WindowLogic.Slot> state) {
+        EngagementLogic.ItemWindows one = new EngagementLogic.ItemWindows(1);
+        one.byFeature[0] = state;
+        TreeMap<Long, WindowLogic.Slot> back = throughFlink(one).byFeature[0];
+        return back == null ? new TreeMap<>() : back;
+    }
+
     private static ObjectNode window(JsonNode f, JsonNode steps) {
         JsonNode slide = f.get("slide_ms");
         WindowLogic logic = new WindowLogic(f.get("aggregation").textValue(), f.get("size_ms").longValue(),
@@ -68,6 +93,7 @@ public final class LogicServer {
             } else {
                 outs = logic.onWatermark(state, step.get(1).longValue());
             }
+            state = throughFlink(state);
             for (WindowLogic.Output o : outs) {
                 outputs.addArray().add(o.kind).add(o.startMs).add(o.endMs).add(Double.toHexString(o.value))
                     .add(o.firing).add(o.eventTsMs).add(o.watermarkMs).add(o.reason);
@@ -117,6 +143,8 @@ public final class LogicServer {
                              EngagementLogic.Step step, Totals totals) {
         if (windows.isEmpty()) {
             states.remove(item);
+        } else {
+            states.put(item, throughFlink(windows));
         }
         TreeSet<Long> due = timers.computeIfAbsent(item, k -> new TreeSet<>());
         for (int i = 0; i < windows.byFeature.length; i++) {

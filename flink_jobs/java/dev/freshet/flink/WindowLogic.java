@@ -24,6 +24,10 @@ final class WindowLogic {
             this.firings = firings;
             this.empty = empty;
         }
+
+        Slot copy() {
+            return new Slot(acc.copy(), firings, empty);
+        }
     }
 
     /** A firing, or an event too late for every window it belongs to. */
@@ -140,12 +144,21 @@ final class WindowLogic {
         return outputs;
     }
 
-    /** The least watermark at which {@code onWatermark} acts on {@code state} (Long.MAX_VALUE: never). */
+    /**
+     * The least watermark at which {@code onWatermark} acts on {@code state} (Long.MAX_VALUE: never): the least of
+     * {@code end - 1} (not fired yet) and {@code end - 1 + lateness} (fired, cleared then) over the windows. Ends
+     * ascend and lateness is not negative, so no window after the first unfired one can be due before it: the scan
+     * stops there, after the one or two fired windows still inside their lateness (it walked every window before:
+     * a quarter of the window operator's time in the 5,000-item profile).
+     */
     long nextDueMs(TreeMap<Long, Slot> state) {
         long due = Long.MAX_VALUE;
         for (var entry : state.entrySet()) {
             long end = entry.getKey();
-            due = Math.min(due, entry.getValue().firings == 0 ? end - 1 : end - 1 + latenessMs);
+            if (entry.getValue().firings == 0) {
+                return Math.min(due, end - 1);
+            }
+            due = Math.min(due, end - 1 + latenessMs);
         }
         return due;
     }
