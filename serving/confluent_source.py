@@ -1,7 +1,7 @@
 """``DeltaSource`` over confluent-kafka (librdkafka): the same contract as ``KafkaDeltaSource``, faster.
 
 Chosen with ``--kafka-client confluent-kafka`` (``FRESHET_KAFKA_CLIENT``). librdkafka fetches and decodes
-record batches in its own C threads, so the replica's Python thread only builds one small record per delta;
+record batches in its own C threads, so the replica's Python thread only takes each message's value;
 that is what makes a bootstrap replay several times faster than kafka-python's pure-Python fetcher.
 
 * **No consumer group.** Partitions are ``assign``-ed at explicit offsets and nothing is ever committed: the
@@ -13,8 +13,9 @@ that is what makes a bootstrap replay several times faster than kafka-python's p
   the ``ls_offset`` of each partition in librdkafka's periodic statistics. Where neither is known yet, or the
   position has moved past the last one seen, the cached fetch high watermark stands in: an upper bound, so
   readiness is never claimed early.
-* **Positions** are tracked here (start offset, each record, EOF), raised to librdkafka's own position,
-  which also steps over transaction markers; librdkafka reports none for a partition that returned nothing.
+* **Positions** are tracked here (start offset, EOF), raised to librdkafka's own position (the last message
+  handed out + 1, also past transaction markers); librdkafka reports none for a partition that returned
+  nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from serving.consumer import SourceRecord, TopicNotFoundError
+from serving.consumer import EMPTY_BATCH, PolledBatch, TopicNotFoundError
 
 log = logging.getLogger(__name__)
 
@@ -99,27 +100,30 @@ class ConfluentDeltaSource:
         )
         return max(0, int(low))
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_ms: int) -> PolledBatch:
         """Up to ``max_records`` committed records; partition-EOF events only move the readable end.
 
         Waits (at most ``timeout_ms``) only for the first message, then takes what is already queued:
         ``consume(n, timeout)`` would wait out the whole timeout whenever fewer than ``n`` are queued.
+        Positions come from librdkafka (the last message handed out + 1) rather than from each message,
+        so that nothing but its value is read from a message the apply path does not ask about.
         """
         first = self._consumer.poll(timeout_ms / 1000)
-        messages = [] if first is None else [first]
-        if first is not None and max_records > 1:
+        if first is None:
+            self._raise_positions()
+            return EMPTY_BATCH
+        messages = [first]
+        if max_records > 1:
             messages += self._consumer.consume(max_records - 1, 0)
-        records: list[SourceRecord] = []
-        for m in messages:
-            error = m.error()
-            if error is None:
-                records.append(SourceRecord(m.partition(), m.offset(), m.value(), m.timestamp()[1]))
-            else:
-                self._on_event(m, error)
-        for r in records:  # in order per partition, so the last one wins
-            self._position[r.partition] = r.offset + 1
+        events = [m for m in messages if m.error() is not None]
+        if events:
+            for m in events:
+                self._on_event(m, m.error())
+            messages = [m for m in messages if m.error() is None]
         self._raise_positions()
-        return records
+        return PolledBatch(
+            [m.value() for m in messages], lambda i: (messages[i].partition(), messages[i].offset())
+        )
 
     def _on_event(self, message: Any, error: Any) -> None:
         from confluent_kafka import KafkaError, KafkaException

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -27,7 +27,7 @@ from freshet.model import IndexModel
 from freshet.model_state import state_digest
 from freshet.snapshot import Manifest
 from serving.alignment import ReplicaAlignment
-from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
+from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, PolledBatch
 from serving.metrics import ReplicaMetrics
 from serving.models import Generation, Generations, ModelRefusedError, ModelStore, ModelSwitchError, coverage
 from serving.settings import Settings
@@ -117,6 +117,7 @@ class Replica:
             self.offsets,
             self.metrics,
             batch_size=settings.poll_batch_size,
+            replay_batch_size=settings.replay_batch_size,
             ready_max_lag=settings.ready_max_lag,
             name=self.name,
         )
@@ -224,27 +225,33 @@ class Replica:
         return float("nan") if newest is None else max(0.0, time.time() - newest / 1000)
 
     # applying ------------------------------------------------------------------------------------
-    def apply_records(self, records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
+    def apply_records(self, polled: PolledBatch, positions: Mapping[int, int]) -> None:
         """Decode and apply one polled batch, then record ``positions`` as the applied offsets.
 
         Bad records are counted by reason and skipped; they never stop the stream.
         """
         started = time.perf_counter()
-        kept = [r for r in records if r.value is not None]
-        values = [r.value for r in kept if r.value is not None]
-        if len(values) < len(records):
-            self.metrics.rejected.labels(reason="null_value").inc(len(records) - len(values))
+        values, partition_of = self._non_null(polled)
         batch = self._decode(values)
         with self._cut_lock:
-            self._alignment.observe(batch, values, [r.partition for r in kept])
+            self._alignment.observe(batch, values, partition_of)
             applied, stale, rejected = self._apply(batch)
             self._offsets.update(positions)
-            self._since_snapshot += len(records)
+            self._since_snapshot += len(polled)
         applied_ms = time.time() * 1000
-        self._count(len(records), applied, stale, rejected, batch, applied_ms)
-        if records:
+        self._count(len(polled), applied, stale, rejected, batch, applied_ms)
+        if len(polled):
             self.metrics.apply_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(records))
+            self.metrics.batch_size.observe(len(polled))
+
+    def _non_null(self, polled: PolledBatch) -> tuple[list[bytes], Callable[[int], int]]:
+        """The values to decode and the partition each was read from; null values are counted as rejected."""
+        nulls = polled.values.count(None)
+        if not nulls:
+            return cast(list[bytes], polled.values), polled.partition
+        self.metrics.rejected.labels(reason="null_value").inc(nulls)
+        kept = [i for i, v in enumerate(polled.values) if v is not None]
+        return [cast(bytes, polled.values[i]) for i in kept], lambda j: polled.partition(kept[j])
 
     def _decode(self, values: list[bytes]) -> DecodedBatch | None:
         if not values:

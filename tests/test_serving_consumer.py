@@ -13,7 +13,7 @@ import pytest
 from kafka import KafkaProducer
 
 from serving.confluent_source import ConfluentDeltaSource
-from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
+from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, PolledBatch, SourceRecord
 from serving.metrics import ReplicaMetrics
 from serving.testing import wait_until
 
@@ -47,12 +47,12 @@ class Recorder:
         self.fail_next = fail_first
         self.lock = threading.Lock()
 
-    def __call__(self, records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
-        if self.fail_next and records:
+    def __call__(self, batch: PolledBatch, positions: Mapping[int, int]) -> None:
+        if self.fail_next and len(batch):
             self.fail_next = False
             raise RuntimeError("a bug in the handler")
         with self.lock:
-            self.records.extend(records)
+            self.records.extend(batch.records())
             self.positions.update(positions)
 
     def values(self) -> list[bytes | None]:
@@ -196,8 +196,8 @@ def test_not_ready_before_reaching_the_end_of_a_backlog(broker, make_topic, prod
     _send_txn(producer, topic, [str(i).encode() for i in range(500)], partition=0)
     release, handler = threading.Event(), Recorder()
 
-    def slow(records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
-        handler(records, positions)
+    def slow(batch: PolledBatch, positions: Mapping[int, int]) -> None:
+        handler(batch, positions)
         if len(handler.records) >= 100:
             release.wait(10)
 
@@ -237,3 +237,37 @@ def test_both_clients_read_the_same_committed_records(broker, make_topic, produc
     records, positions = seen["kafka-python"]
     assert [len(records[0]), len(records[1])] == [3 * 7, 2 * 7 - 3] and positions == {0: 24, 1: 16}
     assert records[1][0] == (3, b"1-3")
+
+
+def test_replays_in_large_batches_then_applies_small_ones_once_ready(
+    broker, make_topic, producer, make_source
+) -> None:
+    """While not ready, batches up to ``replay_batch_size`` (throughput); once ready, up to ``batch_size``
+    (a batch becomes visible whole, so a small one keeps deltas fresh)."""
+    topic = make_topic(partitions=1)
+    _send_txn(producer, topic, [str(i).encode() for i in range(3000)], partition=0)
+    sizes: list[tuple[bool, int]] = []
+    handler = Recorder()
+    consumer: DeltaConsumer
+
+    def record_sizes(batch: PolledBatch, positions: Mapping[int, int]) -> None:
+        handler(batch, positions)
+        if len(batch):
+            sizes.append((consumer.ready, len(batch)))
+
+    consumer = DeltaConsumer(lambda: make_source(broker.bootstrap_servers, topic), record_sizes, dict,
+                             ReplicaMetrics(), batch_size=10, replay_batch_size=1000, poll_timeout_ms=100,
+                             name="test")  # fmt: skip
+    assert consumer.batch_size() == 1000, "not ready yet: a replay"
+    consumer.start()
+    try:
+        wait_until(lambda: consumer.ready, what="ready after the backlog")
+        assert consumer.batch_size() == 10
+        _send_txn(producer, topic, [str(i).encode() for i in range(200)], partition=0)
+        wait_until(lambda: len(handler.records) == 3200, what="the records sent once ready")
+    finally:
+        consumer.stop()
+    replay = [n for ready, n in sizes if not ready]
+    live = [n for ready, n in sizes if ready]
+    assert sum(replay) == 3000 and max(replay) > 10 and max(replay) <= 1000, replay
+    assert sum(live) == 200 and max(live) <= 10, live
