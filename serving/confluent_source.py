@@ -25,7 +25,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from serving.consumer import EMPTY_BATCH, PolledBatch, TopicNotFoundError
+from serving.consumer import EMPTY_BATCH, PolledBatch, TopicNotFoundError, gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +59,12 @@ class ConfluentDeltaSource:
             "stats_cb": self._on_stats,
             "fetch.wait.max.ms": 100,
             "max.partition.fetch.bytes": 8 << 20,
+            # Prefetch a replay's backlog: librdkafka stops fetching a partition once its queue holds
+            # queued.min.messages (default 100k) and then waits fetch.queue.backoff.ms (default 1 s), which
+            # stalled a 1M-delta replay for ~1 s five times. The queue stays bounded by
+            # queued.max.messages.kbytes (64 MB by default).
+            "queued.min.messages": 1_000_000,
+            "fetch.queue.backoff.ms": 20,
             "logger": logging.getLogger("serving.librdkafka"),  # librdkafka would write to stderr itself
             **config,
         }
@@ -112,9 +118,13 @@ class ConfluentDeltaSource:
         if first is None:
             self._raise_positions()
             return EMPTY_BATCH
-        messages = [first]
-        if max_records > 1:
-            messages += self._consumer.consume(max_records - 1, 0)
+        with gc_paused():
+            return self._batch(
+                [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+            )
+
+    def _batch(self, messages: list[Any]) -> PolledBatch:
+        """The batch of ``messages``: events handled, positions raised, values taken."""
         events = [m for m in messages if m.error() is not None]
         if events:
             for m in events:

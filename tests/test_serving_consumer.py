@@ -5,6 +5,7 @@ Every test runs with each client library behind ``DeltaSource``: kafka-python an
 
 from __future__ import annotations
 
+import gc
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -271,3 +272,4 @@ def test_replays_in_large_batches_then_applies_small_ones_once_ready(
     live = [n for ready, n in sizes if ready]
     assert sum(replay) == 3000 and max(replay) > 10 and max(replay) <= 1000, replay
     assert sum(live) == 200 and max(live) <= 10, live
+    assert gc.isenabled(), "polls pause the cyclic collector only while they build a batch"
