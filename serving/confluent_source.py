@@ -111,8 +111,7 @@ class ConfluentDeltaSource:
 
         Waits (at most ``timeout_ms``) only for the first message, then takes what is already queued:
         ``consume(n, timeout)`` would wait out the whole timeout whenever fewer than ``n`` are queued.
-        Positions come from librdkafka (the last message handed out + 1) rather than from each message,
-        so that nothing but its value is read from a message the apply path does not ask about.
+        Positions come from librdkafka (the last message handed out + 1).
         """
         first = self._consumer.poll(timeout_ms / 1000)
         if first is None:
@@ -132,7 +131,7 @@ class ConfluentDeltaSource:
             messages = [m for m in messages if m.error() is None]
         self._raise_positions()
         return PolledBatch(
-            [m.value() for m in messages], lambda i: (messages[i].partition(), messages[i].offset())
+            [m.value() for m in messages], [m.partition() for m in messages], [m.offset() for m in messages]
         )
 
     def _on_event(self, message: Any, error: Any) -> None:

@@ -17,7 +17,6 @@ it falls back to the high watermark.
 
 from __future__ import annotations
 
-import bisect
 import contextlib
 import gc
 import logging
@@ -38,38 +37,39 @@ class SourceRecord(NamedTuple):
 
 
 class PolledBatch:
-    """The records of one poll as the apply path wants them: their values, in the order read, and a way to
-    ask where one was read.
+    """The records of one poll as the apply path wants them: columns (values, partitions, offsets) in the
+    order read, holding no client object.
 
-    No Python object is built per record: at a replay's rate (10^5-10^6 records/s) building one costs about as
-    much as decoding and applying the delta. Where a record was read is asked only for the few that need it
-    (checkpoint markers, tests), through ``locate``.
+    No Python object is built per record, and none of the client's survives the poll: at a replay's rate
+    (10^5-10^6 records/s) building one costs about as much as decoding and applying the delta, and keeping
+    10^5 of them alive past the poll makes the cyclic collector walk them (see ``gc_paused``).
     """
 
-    __slots__ = ("_locate", "values")
+    __slots__ = ("offsets", "partitions", "values")
 
-    def __init__(self, values: list[bytes | None], locate: Callable[[int], tuple[int, int]]) -> None:
+    def __init__(self, values: list[bytes | None], partitions: list[int], offsets: list[int]) -> None:
         self.values = values
-        self._locate = locate
+        self.partitions = partitions
+        self.offsets = offsets
 
     @classmethod
     def of_records(cls, records: Sequence[SourceRecord]) -> PolledBatch:
         """A batch of explicit records (in-memory sources, tests)."""
-        return cls([r.value for r in records], lambda i: (records[i].partition, records[i].offset))
+        return cls([r.value for r in records], [r.partition for r in records], [r.offset for r in records])
 
     def __len__(self) -> int:
         return len(self.values)
 
     def partition(self, i: int) -> int:
         """The partition ``values[i]`` was read from."""
-        return self._locate(i)[0]
+        return self.partitions[i]
 
     def records(self) -> list[SourceRecord]:
         """One ``SourceRecord`` per value (for tests and logs; the apply path never asks)."""
-        return [SourceRecord(*self._locate(i), v) for i, v in enumerate(self.values)]
+        return [SourceRecord(*r) for r in zip(self.partitions, self.offsets, self.values, strict=True)]
 
 
-EMPTY_BATCH = PolledBatch([], lambda i: (-1, -1))
+EMPTY_BATCH = PolledBatch([], [], [])
 
 
 @contextlib.contextmanager
@@ -184,30 +184,28 @@ class KafkaDeltaSource:
 
     def poll(self, max_records: int, timeout_ms: int) -> PolledBatch:
         with gc_paused():  # what is already fetched: building its records is the costly part
-            got = self._consumer.poll(timeout_ms=0, max_records=max_records)
-            if got:
-                return self._batch(got)
+            batch = self._batch(self._consumer.poll(timeout_ms=0, max_records=max_records))
+        if len(batch):
+            return batch
         # nothing yet: wait for it with the collector running (a caught-up replica spends its time here)
         got = self._consumer.poll(timeout_ms=timeout_ms, max_records=max_records)
         with gc_paused():
-            return self._batch(got)
+            batch = self._batch(got)
+            del got  # its records die here, not once the collector is back
+        return batch
 
     def _batch(self, got: Mapping[Any, list[Any]]) -> PolledBatch:
         """One ``PolledBatch`` of kafka-python's ``{partition: [record, ...]}``, in that order."""
         if not got:
             return EMPTY_BATCH
-        messages: list[Any] = []
-        starts: list[int] = []  # where each partition's run of messages begins in ``messages``
+        values: list[bytes | None] = []
         partitions: list[int] = []
+        offsets: list[int] = []
         for tp, run in got.items():
-            starts.append(len(messages))
-            partitions.append(tp.partition)
-            messages += run
-
-        def locate(i: int) -> tuple[int, int]:
-            return partitions[bisect.bisect_right(starts, i) - 1], messages[i].offset
-
-        return PolledBatch([m.value for m in messages], locate)
+            values += [m.value for m in run]
+            partitions += [tp.partition] * len(run)
+            offsets += [m.offset for m in run]
+        return PolledBatch(values, partitions, offsets)
 
     def position(self, partition: int) -> int:
         return int(self._consumer.position(self._tps[partition]))
