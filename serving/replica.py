@@ -30,6 +30,7 @@ from serving.alignment import ReplicaAlignment
 from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, PolledBatch
 from serving.metrics import ReplicaMetrics
 from serving.models import Generation, Generations, ModelRefusedError, ModelStore, ModelSwitchError, coverage
+from serving.readahead import ReadAheadSource
 from serving.settings import Settings
 from serving.snapshots import PeriodicSnapshots, SnapshotStore
 
@@ -137,16 +138,19 @@ class Replica:
         return cls(load_feature_set(settings.feature_defs).layout(), settings, **kwargs)
 
     def _kafka_source(self) -> DeltaSource:
-        """A delta source of the configured client library (``settings.kafka_client``)."""
+        """A delta source of the configured client library (``settings.kafka_client``), read one batch ahead."""
         s = self.settings
         client_id = f"freshet-replica-{self.name}"
+        source: DeltaSource
         if s.kafka_client == "confluent-kafka":
             from serving.confluent_source import ConfluentDeltaSource
 
-            return ConfluentDeltaSource(s.bootstrap_servers, s.delta_topic, client_id=client_id)
-        return KafkaDeltaSource(
-            s.bootstrap_servers, s.delta_topic, client_id=client_id, max_poll_records=s.poll_batch_size
-        )
+            source = ConfluentDeltaSource(s.bootstrap_servers, s.delta_topic, client_id=client_id)
+        else:
+            source = KafkaDeltaSource(
+                s.bootstrap_servers, s.delta_topic, client_id=client_id, max_poll_records=s.poll_batch_size
+            )
+        return ReadAheadSource(source) if s.read_ahead else source
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:

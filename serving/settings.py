@@ -61,6 +61,10 @@ class Settings(BaseModel):
         ge=1,
         description="most delta records per batch while not ready (a replay; at least poll_batch_size)",
     )
+    read_ahead: bool = Field(
+        True,
+        description="poll the next batch of deltas while the current one is applied (uses a second core)",
+    )
     initial_capacity: int = Field(1024, ge=1, description="item rows allocated before the first delta")
     ready_max_lag: int = Field(
         10_000,

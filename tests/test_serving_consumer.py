@@ -16,6 +16,7 @@ from kafka import KafkaProducer
 from serving.confluent_source import ConfluentDeltaSource
 from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, PolledBatch, SourceRecord
 from serving.metrics import ReplicaMetrics
+from serving.readahead import ReadAheadSource
 from serving.testing import wait_until
 
 pytestmark = pytest.mark.kafka
@@ -30,6 +31,13 @@ SOURCES: dict[str, Callable[..., DeltaSource]] = {
     "confluent-kafka": lambda bootstrap, topic, fail_fast=False: ConfluentDeltaSource(
         bootstrap, topic, **({"metadata_timeout_s": 0.5} if fail_fast else {})
     ),
+}
+# what a replica uses by default: each client read one batch ahead (``serving.readahead``)
+SOURCES |= {
+    f"{name}, read ahead": lambda bootstrap, topic, fail_fast=False, make=make: ReadAheadSource(
+        make(bootstrap, topic, fail_fast)
+    )
+    for name, make in list(SOURCES.items())
 }
 
 
@@ -234,7 +242,7 @@ def test_both_clients_read_the_same_committed_records(broker, make_topic, produc
         # partitions may interleave differently; within one, the order is the log's
         by_partition = {p: [(r.offset, r.value) for r in handler.records if r.partition == p] for p in (0, 1)}
         seen[name] = (by_partition, dict(handler.positions))
-    assert seen["kafka-python"] == seen["confluent-kafka"]
+    assert all(got == seen["kafka-python"] for got in seen.values()), seen
     records, positions = seen["kafka-python"]
     assert [len(records[0]), len(records[1])] == [3 * 7, 2 * 7 - 3] and positions == {0: 24, 1: 16}
     assert records[1][0] == (3, b"1-3")
@@ -273,3 +281,68 @@ def test_replays_in_large_batches_then_applies_small_ones_once_ready(
     assert sum(replay) == 3000 and max(replay) > 10 and max(replay) <= 1000, replay
     assert sum(live) == 200 and max(live) <= 10, live
     assert gc.isenabled(), "polls pause the cyclic collector only while they build a batch"
+
+
+class CountingListSource:
+    """One partition held in memory, counting the polls made on it (no broker: the read-ahead's bookkeeping)."""
+
+    def __init__(self, n: int) -> None:
+        self.values, self.next, self.polls = [str(i).encode() for i in range(n)], 0, 0
+
+    def open(self, offsets: Mapping[int, int]) -> list[int]:
+        self.next = offsets.get(0, 0)
+        return [0]
+
+    def poll(self, max_records: int, timeout_ms: int) -> PolledBatch:
+        chunk = self.values[self.next : self.next + max_records]
+        batch = PolledBatch(list(chunk), [0] * len(chunk), list(range(self.next, self.next + len(chunk))))
+        self.next += len(chunk)
+        self.polls += 1
+        return batch
+
+    def position(self, partition: int) -> int:
+        return self.next
+
+    def end_offset(self, partition: int) -> int | None:
+        return len(self.values)
+
+    def close(self) -> None:
+        pass
+
+
+def test_read_ahead_reports_the_position_of_the_batch_it_returned() -> None:
+    """The next batch is polled early, but offsets recorded with a batch must be that batch's own."""
+    inner = CountingListSource(300)
+    source = ReadAheadSource(inner)
+    assert source.open({}) == [0] and source.position(0) == 0
+    try:
+        first = source.poll(100, 1000)
+        assert first.values == [str(i).encode() for i in range(100)]
+        wait_until(lambda: inner.polls >= 2, what="the next batch polled ahead")
+        assert inner.next >= 200 and source.position(0) == 100, "the position of the batch returned"
+        # polled ahead as 100 records; asked for 10 now (ready: small batches), it hands them out in parts
+        part = source.poll(10, 1000)
+        assert part.offsets == list(range(100, 110)) and source.position(0) == 110
+        assert source.poll(10, 1000).offsets == list(range(110, 120)) and source.position(0) == 120
+        rest = source.poll(1000, 1000)
+        assert rest.offsets == list(range(120, 200)) and source.position(0) == 200
+        assert source.end_offset(0) == 300
+    finally:
+        source.close()
+
+
+def test_read_ahead_raises_the_inner_error_on_the_next_poll() -> None:
+    inner = CountingListSource(10)
+
+    def broken(max_records: int, timeout_ms: int) -> PolledBatch:
+        raise ConnectionError("broker gone")
+
+    inner.poll = broken  # type: ignore[method-assign]
+    source = ReadAheadSource(inner)
+    source.open({})
+    try:
+        with pytest.raises(ConnectionError, match="broker gone"):
+            for _ in range(20):  # the first polls may time out before the reading thread has failed
+                source.poll(10, 100)
+    finally:
+        source.close()
