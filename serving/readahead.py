@@ -2,14 +2,16 @@
 
 During a replay the apply loop alternates between the client building a batch of records and the replica
 decoding and applying it; both are CPU work of similar size (confluent-kafka: ~0.6 and ~1.4 CPU s per 1M
-deltas), and the client's half runs largely without the GIL. Polling the next batch while the current one
-is applied lets the two use both cores.
+deltas). librdkafka's fetching and numpy's and torch's larger operations run without the GIL, so polling
+the next batch while the current one is applied puts the second core to use (and, on a shared machine,
+gives the replay a second thread's share of the CPU).
 
 What the apply loop sees stays consistent: ``position`` and ``end_offset`` are those the inner source
 reported right after the poll that produced the batch last returned, so the offsets recorded with a batch
 and the lag computed from them describe that batch, never one polled since. A batch polled ahead larger
-than the caller asks for now (the replica became ready meanwhile) is handed out in parts of that size. Only the reading thread
-touches the inner source between ``open`` and ``close``; an error there is raised by the next ``poll``.
+than the caller asks for now (the replica became ready meanwhile) is handed out in parts of that size.
+Only the reading thread touches the inner source between ``open`` and ``close``; an error there is raised
+by the next ``poll``.
 """
 
 from __future__ import annotations
