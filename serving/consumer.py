@@ -45,12 +45,14 @@ class PolledBatch:
     10^5 of them alive past the poll makes the cyclic collector walk them (see ``gc_paused``).
     """
 
-    __slots__ = ("offsets", "partitions", "values")
+    __slots__ = ("offsets", "partitions", "prepared", "values")
 
     def __init__(self, values: list[bytes | None], partitions: list[int], offsets: list[int]) -> None:
         self.values = values
         self.partitions = partitions
         self.offsets = offsets
+        #: what the batch handler computed from it ahead of handling it (``serving.readahead``), if anything
+        self.prepared: Any = None
 
     @classmethod
     def of_records(cls, records: Sequence[SourceRecord]) -> PolledBatch:

@@ -11,17 +11,21 @@ reported right after the poll that produced the batch last returned, so the offs
 and the lag computed from them describe that batch, never one polled since. A batch polled ahead larger
 than the caller asks for now (the replica became ready meanwhile) is handed out in parts of that size.
 Only the reading thread touches the inner source between ``open`` and ``close``; an error there is raised
-by the next ``poll``.
+by the next ``poll``. ``prepare`` (the replica's decode) runs on each batch in the reading thread too, so
+that the caller's thread is left with applying it.
 """
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
 from serving.consumer import EMPTY_BATCH, DeltaSource, PolledBatch
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -56,8 +60,9 @@ def _split(polled: _Polled, max_records: int) -> tuple[_Polled, _Polled | None]:
 class ReadAheadSource:
     """``DeltaSource`` over ``inner``: one poll in flight while the caller applies the previous batch."""
 
-    def __init__(self, inner: DeltaSource) -> None:
+    def __init__(self, inner: DeltaSource, *, prepare: Callable[[PolledBatch], None] | None = None) -> None:
         self._inner = inner
+        self._prepare = prepare
         self._partitions: list[int] = []
         self._polled: queue.Queue[_Polled] = queue.Queue(maxsize=1)
         self._wanted = (1, 0)  # (max_records, timeout_ms) of the caller's latest poll
@@ -95,6 +100,7 @@ class ReadAheadSource:
         while not self._stop.is_set():
             try:
                 polled = self._report(self._inner.poll(*self._wanted))
+                self._prepare_ahead(polled.batch)
             except Exception as exc:  # raised to the apply loop, which closes this source and reconnects
                 polled = _Polled(EMPTY_BATCH, {}, {}, exc)
             while not self._stop.is_set():
@@ -105,6 +111,18 @@ class ReadAheadSource:
                     continue
             if polled.error is not None:
                 return
+
+    def _prepare_ahead(self, batch: PolledBatch) -> None:
+        """Let the handler start on ``batch`` here (the replica decodes it); on failure it does so itself."""
+        if self._prepare is None or not len(batch):
+            return
+        try:
+            self._prepare(batch)
+        except Exception:
+            log.exception(
+                "preparing a batch of %d records ahead failed; it is prepared when handled", len(batch)
+            )
+            batch.prepared = None
 
     def _report(self, batch: PolledBatch) -> _Polled:
         inner = self._inner

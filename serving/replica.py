@@ -16,7 +16,7 @@ import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -41,6 +41,12 @@ _SIGNAL_OF_KIND = {
     int(DeltaKind.FEATURE): "feature",
     int(DeltaKind.ELIGIBILITY): "eligibility",
 }
+
+
+class _Decoded(NamedTuple):
+    values: list[bytes]
+    partition_of: Callable[[int], int]
+    batch: DecodedBatch | None
 
 
 @dataclass(frozen=True)
@@ -150,7 +156,7 @@ class Replica:
             source = KafkaDeltaSource(
                 s.bootstrap_servers, s.delta_topic, client_id=client_id, max_poll_records=s.poll_batch_size
             )
-        return ReadAheadSource(source) if s.read_ahead else source
+        return ReadAheadSource(source, prepare=self.prepare) if s.read_ahead else source
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -235,8 +241,8 @@ class Replica:
         Bad records are counted by reason and skipped; they never stop the stream.
         """
         started = time.perf_counter()
-        values, partition_of = self._non_null(polled)
-        batch = self._decode(values)
+        decoded = polled.prepared if isinstance(polled.prepared, _Decoded) else self.decode(polled)
+        values, partition_of, batch = decoded
         with self._cut_lock:
             self._alignment.observe(batch, values, partition_of)
             applied, stale, rejected = self._apply(batch)
@@ -247,6 +253,16 @@ class Replica:
         if len(polled):
             self.metrics.apply_seconds.observe(time.perf_counter() - started)
             self.metrics.batch_size.observe(len(polled))
+
+    def prepare(self, polled: PolledBatch) -> None:
+        """Decode ``polled`` ahead of ``apply_records`` (the read-ahead thread calls it: decoding needs only
+        the layout, so it overlaps the previous batch's apply)."""
+        polled.prepared = self.decode(polled)
+
+    def decode(self, polled: PolledBatch) -> _Decoded:
+        """The batch's non-null values, where each was read, and their decoded deltas (nulls counted)."""
+        values, partition_of = self._non_null(polled)
+        return _Decoded(values, partition_of, self._decode(values))
 
     def _non_null(self, polled: PolledBatch) -> tuple[list[bytes], Callable[[int], int]]:
         """The values to decode and the partition each was read from; null values are counted as rejected."""

@@ -346,3 +346,25 @@ def test_read_ahead_raises_the_inner_error_on_the_next_poll() -> None:
                 source.poll(10, 100)
     finally:
         source.close()
+
+
+def test_read_ahead_prepares_each_batch_in_its_thread_and_survives_a_failing_prepare() -> None:
+    """The replica decodes a batch while the previous one is applied; a failure there only means the
+    batch is decoded when handled (``prepared`` is None), never a lost batch."""
+    threads: list[str] = []
+
+    def prepare(batch: PolledBatch) -> None:
+        threads.append(threading.current_thread().name)
+        if batch.offsets[0] == 100:
+            raise ValueError("a bug in prepare")
+        batch.prepared = len(batch)
+
+    source = ReadAheadSource(CountingListSource(300), prepare=prepare)
+    source.open({})
+    try:
+        batches = [source.poll(100, 1000) for _ in range(3)]
+    finally:
+        source.close()
+    assert [b.offsets[0] for b in batches] == [0, 100, 200]
+    assert [b.prepared for b in batches] == [100, None, 100]
+    assert set(threads) == {"freshet-read-ahead"}
