@@ -10,7 +10,9 @@ the replica (``--kafka-client``):
   that follow it on the topic until ready (caught up with the last stable offset), split into snapshot
   load and replay; the goal is ≤ 5 s for 1M + 1M;
 * **throughput**: Kafka → applied deltas/s of that replay (a backlog: the most one replica takes), and how
-  much of it is decode + apply (the replica's own batch timer) rather than the client;
+  much of it is decode + apply (the replica's own batch timer) rather than the client; the CPU seconds the
+  process spent on load + replay (``cpu_s``, all its threads: on a shared machine less noisy than wall
+  time) and the load average at each run's start;
 * **HTTP**: a live ``python -m serving`` replica (uvicorn) on 127.0.0.1 answers ``POST /v1/retrieve``
   (top-100, a Bloom region filter) from a closed-loop httpx load generator, first idle, then while deltas
   are produced at ``--delta-rate``/s in transactions every 0.1 s; p50/p99, query and applied delta rates.
@@ -207,20 +209,20 @@ def bootstrap_once(
     settings = Settings.load({"bootstrap_servers": bootstrap, "delta_topic": topic, "snapshot_dir": snapshots,
                               "kafka_client": client, "snapshot_every_s": 0, "snapshot_every_deltas": 0}, environ={})  # fmt: skip
     replica = Replica(layout, settings, name=f"bench-{client}")
-    start = time.perf_counter()
+    load_avg, cpu_start, start = os.getloadavg()[0], time.process_time(), time.perf_counter()
     replica.restore()
     loaded = time.perf_counter()
     replica.consumer.start()
     while not replica.consumer.caught_up_once.wait(0.005):
         pass
-    ready = time.perf_counter()
+    ready, cpu_s = time.perf_counter(), time.process_time() - cpu_start
     replica.stop()
     registry = replica.metrics.registry
     records = registry.get_sample_value("freshet_delta_records_total") or 0
     out = {"snapshot_load_s": loaded - start, "replay_s": ready - loaded, "total_s": ready - start,
            "records": int(records), "applied": int(registry.get_sample_value("freshet_deltas_applied_total") or 0),
            "decode_apply_s": registry.get_sample_value("freshet_apply_batch_seconds_sum") or 0.0,
-           "digest": replica.state().digest}  # fmt: skip
+           "cpu_s": cpu_s, "loadavg_1m_at_start": load_avg, "digest": replica.state().digest}  # fmt: skip
     del replica
     gc.collect()
     return out
@@ -240,6 +242,7 @@ def measure_bootstrap(
         best, p = min(client_runs, key=lambda r: r["total_s"]), f"bootstrap_{_key(client)}_"
         out |= {p + k: round(v, 3) if isinstance(v, float) else v for k, v in best.items() if k != "digest"}
         out[p + "total_s_all_runs"] = [round(r["total_s"], 3) for r in client_runs]
+        out[p + "loadavg_1m_all_runs"] = [round(r["loadavg_1m_at_start"], 2) for r in client_runs]
         out[f"throughput_{_key(client)}_deltas_per_s"] = round(best["records"] / best["replay_s"])
         out[f"throughput_{_key(client)}_decode_apply_share"] = round(
             best["decode_apply_s"] / best["replay_s"], 3

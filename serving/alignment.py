@@ -11,7 +11,7 @@ directory). Without ``checkpoint_dir`` the replica names no checkpoint.
 from __future__ import annotations
 
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from freshet.deltas import DecodedBatch
@@ -46,8 +46,11 @@ class ReplicaAlignment:
         """Start over from a snapshot, which stays aligned with the checkpoint its manifest named."""
         self._markers = CheckpointAlignment(initial=checkpoint_of(named))
 
-    def observe(self, batch: DecodedBatch | None, values: Sequence[bytes], partitions: Sequence[int]) -> int:
-        """Observe the markers of a decoded batch (``partitions[i]``: where ``values[i]`` was read)."""
+    def observe(
+        self, batch: DecodedBatch | None, values: Sequence[bytes], partition_of: Callable[[int], int]
+    ) -> int:
+        """Observe the markers of a decoded batch (``partition_of(i)``: where ``values[i]`` was read; asked
+        only for the markers, so a batch need not carry each record's partition)."""
         if batch is None:
             return 0
         for i in batch.marker_index.tolist():
@@ -55,7 +58,7 @@ class ReplicaAlignment:
             if marker is None:
                 self.malformed += 1
             else:
-                self._markers.observe(partitions[i], marker)
+                self._markers.observe(partition_of(i), marker)
         return int(batch.marker_index.size)
 
     def candidates(self) -> list[AlignedCheckpoint]:

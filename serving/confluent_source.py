@@ -1,7 +1,7 @@
 """``DeltaSource`` over confluent-kafka (librdkafka): the same contract as ``KafkaDeltaSource``, faster.
 
 Chosen with ``--kafka-client confluent-kafka`` (``FRESHET_KAFKA_CLIENT``). librdkafka fetches and decodes
-record batches in its own C threads, so the replica's Python thread only builds one small record per delta;
+record batches in its own C threads, so the replica's Python thread only takes each message's value;
 that is what makes a bootstrap replay several times faster than kafka-python's pure-Python fetcher.
 
 * **No consumer group.** Partitions are ``assign``-ed at explicit offsets and nothing is ever committed: the
@@ -13,8 +13,9 @@ that is what makes a bootstrap replay several times faster than kafka-python's p
   the ``ls_offset`` of each partition in librdkafka's periodic statistics. Where neither is known yet, or the
   position has moved past the last one seen, the cached fetch high watermark stands in: an upper bound, so
   readiness is never claimed early.
-* **Positions** are tracked here (start offset, each record, EOF), raised to librdkafka's own position,
-  which also steps over transaction markers; librdkafka reports none for a partition that returned nothing.
+* **Positions** are tracked here (start offset, EOF), raised to librdkafka's own position (the last message
+  handed out + 1, also past transaction markers); librdkafka reports none for a partition that returned
+  nothing.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import logging
 from collections.abc import Mapping
 from typing import Any
 
-from serving.consumer import SourceRecord, TopicNotFoundError
+from serving.consumer import EMPTY_BATCH, PolledBatch, TopicNotFoundError, gc_paused
 
 log = logging.getLogger(__name__)
 
@@ -58,6 +59,12 @@ class ConfluentDeltaSource:
             "stats_cb": self._on_stats,
             "fetch.wait.max.ms": 100,
             "max.partition.fetch.bytes": 8 << 20,
+            # Prefetch a replay's backlog: librdkafka stops fetching a partition once its queue holds
+            # queued.min.messages (default 100k) and then waits fetch.queue.backoff.ms (default 1 s), which
+            # stalled a 1M-delta replay for ~1 s five times. The queue stays bounded by
+            # queued.max.messages.kbytes (64 MB by default).
+            "queued.min.messages": 1_000_000,
+            "fetch.queue.backoff.ms": 20,
             "logger": logging.getLogger("serving.librdkafka"),  # librdkafka would write to stderr itself
             **config,
         }
@@ -99,27 +106,33 @@ class ConfluentDeltaSource:
         )
         return max(0, int(low))
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_ms: int) -> PolledBatch:
         """Up to ``max_records`` committed records; partition-EOF events only move the readable end.
 
         Waits (at most ``timeout_ms``) only for the first message, then takes what is already queued:
         ``consume(n, timeout)`` would wait out the whole timeout whenever fewer than ``n`` are queued.
+        Positions come from librdkafka (the last message handed out + 1).
         """
         first = self._consumer.poll(timeout_ms / 1000)
-        messages = [] if first is None else [first]
-        if first is not None and max_records > 1:
-            messages += self._consumer.consume(max_records - 1, 0)
-        records: list[SourceRecord] = []
-        for m in messages:
-            error = m.error()
-            if error is None:
-                records.append(SourceRecord(m.partition(), m.offset(), m.value(), m.timestamp()[1]))
-            else:
-                self._on_event(m, error)
-        for r in records:  # in order per partition, so the last one wins
-            self._position[r.partition] = r.offset + 1
+        if first is None:
+            self._raise_positions()
+            return EMPTY_BATCH
+        with gc_paused():
+            return self._batch(
+                [first, *self._consumer.consume(max_records - 1, 0)] if max_records > 1 else [first]
+            )
+
+    def _batch(self, messages: list[Any]) -> PolledBatch:
+        """The batch of ``messages``: events handled, positions raised, values taken."""
+        events = [m for m in messages if m.error() is not None]
+        if events:
+            for m in events:
+                self._on_event(m, m.error())
+            messages = [m for m in messages if m.error() is None]
         self._raise_positions()
-        return records
+        return PolledBatch(
+            [m.value() for m in messages], [m.partition() for m in messages], [m.offset() for m in messages]
+        )
 
     def _on_event(self, message: Any, error: Any) -> None:
         from confluent_kafka import KafkaError, KafkaException

@@ -13,10 +13,10 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, cast
 
 import numpy as np
 import numpy.typing as npt
@@ -27,9 +27,10 @@ from freshet.model import IndexModel
 from freshet.model_state import state_digest
 from freshet.snapshot import Manifest
 from serving.alignment import ReplicaAlignment
-from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
+from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, PolledBatch
 from serving.metrics import ReplicaMetrics
 from serving.models import Generation, Generations, ModelRefusedError, ModelStore, ModelSwitchError, coverage
+from serving.readahead import ReadAheadSource
 from serving.settings import Settings
 from serving.snapshots import PeriodicSnapshots, SnapshotStore
 
@@ -40,6 +41,12 @@ _SIGNAL_OF_KIND = {
     int(DeltaKind.FEATURE): "feature",
     int(DeltaKind.ELIGIBILITY): "eligibility",
 }
+
+
+class _Decoded(NamedTuple):
+    values: list[bytes]
+    partition_of: Callable[[int], int]
+    batch: DecodedBatch | None
 
 
 @dataclass(frozen=True)
@@ -117,6 +124,7 @@ class Replica:
             self.offsets,
             self.metrics,
             batch_size=settings.poll_batch_size,
+            replay_batch_size=settings.replay_batch_size,
             ready_max_lag=settings.ready_max_lag,
             name=self.name,
         )
@@ -136,16 +144,19 @@ class Replica:
         return cls(load_feature_set(settings.feature_defs).layout(), settings, **kwargs)
 
     def _kafka_source(self) -> DeltaSource:
-        """A delta source of the configured client library (``settings.kafka_client``)."""
+        """A delta source of the configured client library (``settings.kafka_client``), read one batch ahead."""
         s = self.settings
         client_id = f"freshet-replica-{self.name}"
+        source: DeltaSource
         if s.kafka_client == "confluent-kafka":
             from serving.confluent_source import ConfluentDeltaSource
 
-            return ConfluentDeltaSource(s.bootstrap_servers, s.delta_topic, client_id=client_id)
-        return KafkaDeltaSource(
-            s.bootstrap_servers, s.delta_topic, client_id=client_id, max_poll_records=s.poll_batch_size
-        )
+            source = ConfluentDeltaSource(s.bootstrap_servers, s.delta_topic, client_id=client_id)
+        else:
+            source = KafkaDeltaSource(
+                s.bootstrap_servers, s.delta_topic, client_id=client_id, max_poll_records=s.poll_batch_size
+            )
+        return ReadAheadSource(source, prepare=self.prepare) if s.read_ahead else source
 
     # lifecycle -----------------------------------------------------------------------------------
     def start(self) -> None:
@@ -224,27 +235,43 @@ class Replica:
         return float("nan") if newest is None else max(0.0, time.time() - newest / 1000)
 
     # applying ------------------------------------------------------------------------------------
-    def apply_records(self, records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
+    def apply_records(self, polled: PolledBatch, positions: Mapping[int, int]) -> None:
         """Decode and apply one polled batch, then record ``positions`` as the applied offsets.
 
         Bad records are counted by reason and skipped; they never stop the stream.
         """
         started = time.perf_counter()
-        kept = [r for r in records if r.value is not None]
-        values = [r.value for r in kept if r.value is not None]
-        if len(values) < len(records):
-            self.metrics.rejected.labels(reason="null_value").inc(len(records) - len(values))
-        batch = self._decode(values)
+        decoded = polled.prepared if isinstance(polled.prepared, _Decoded) else self.decode(polled)
+        values, partition_of, batch = decoded
         with self._cut_lock:
-            self._alignment.observe(batch, values, [r.partition for r in kept])
+            self._alignment.observe(batch, values, partition_of)
             applied, stale, rejected = self._apply(batch)
             self._offsets.update(positions)
-            self._since_snapshot += len(records)
+            self._since_snapshot += len(polled)
         applied_ms = time.time() * 1000
-        self._count(len(records), applied, stale, rejected, batch, applied_ms)
-        if records:
+        self._count(len(polled), applied, stale, rejected, batch, applied_ms)
+        if len(polled):
             self.metrics.apply_seconds.observe(time.perf_counter() - started)
-            self.metrics.batch_size.observe(len(records))
+            self.metrics.batch_size.observe(len(polled))
+
+    def prepare(self, polled: PolledBatch) -> None:
+        """Decode ``polled`` ahead of ``apply_records`` (the read-ahead thread calls it: decoding needs only
+        the layout, so it overlaps the previous batch's apply)."""
+        polled.prepared = self.decode(polled)
+
+    def decode(self, polled: PolledBatch) -> _Decoded:
+        """The batch's non-null values, where each was read, and their decoded deltas (nulls counted)."""
+        values, partition_of = self._non_null(polled)
+        return _Decoded(values, partition_of, self._decode(values))
+
+    def _non_null(self, polled: PolledBatch) -> tuple[list[bytes], Callable[[int], int]]:
+        """The values to decode and the partition each was read from; null values are counted as rejected."""
+        nulls = polled.values.count(None)
+        if not nulls:
+            return cast(list[bytes], polled.values), polled.partition
+        self.metrics.rejected.labels(reason="null_value").inc(nulls)
+        kept = [i for i, v in enumerate(polled.values) if v is not None]
+        return [cast(bytes, polled.values[i]) for i in kept], lambda j: polled.partition(kept[j])
 
     def _decode(self, values: list[bytes]) -> DecodedBatch | None:
         if not values:

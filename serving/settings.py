@@ -54,7 +54,16 @@ class Settings(BaseModel):
     model_dir: Path | None = Field(None, description="directory of published models (freshet model publish)")
     max_body_bytes: int = Field(1 << 20, ge=1024, description="largest accepted request body; more is a 413")
     poll_batch_size: int = Field(
-        5000, ge=1, description="most delta records decoded and applied as one batch"
+        5000, ge=1, description="most delta records decoded and applied as one batch once ready"
+    )
+    replay_batch_size: int = Field(
+        100_000,
+        ge=1,
+        description="most delta records per batch while not ready (a replay; at least poll_batch_size)",
+    )
+    read_ahead: bool = Field(
+        True,
+        description="poll the next batch of deltas while the current one is applied (uses a second core)",
     )
     initial_capacity: int = Field(1024, ge=1, description="item rows allocated before the first delta")
     ready_max_lag: int = Field(

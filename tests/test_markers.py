@@ -104,7 +104,7 @@ def test_only_a_confirmed_checkpoint_is_named_and_restores_start_a_new_job() -> 
 
 
 def test_a_replica_snapshot_names_the_newest_marked_checkpoint_that_exists(tmp_path: Path) -> None:
-    from serving.consumer import SourceRecord
+    from serving.consumer import PolledBatch, SourceRecord
     from serving.replica import Replica
     from serving.settings import Settings
 
@@ -122,7 +122,7 @@ def test_a_replica_snapshot_names_the_newest_marked_checkpoint_that_exists(tmp_p
                SourceRecord(1, 0, encode_marker(marker(3, partition=1))), SourceRecord(1, 1, deltas[1]),
                SourceRecord(0, 2, encode_marker(marker(4, partition=0))),
                SourceRecord(1, 2, encode_marker(marker(4, partition=1))), SourceRecord(1, 3, deltas[2])]  # fmt: skip
-    replica.apply_records(records, {0: 3, 1: 4})
+    replica.apply_records(PolledBatch.of_records(records), {0: 3, 1: 4})
     assert replica.metrics.rejected._metrics == {} or all(
         c._value.get() == 0 for c in replica.metrics.rejected._metrics.values()
     ), "markers are not rejections"

@@ -24,6 +24,7 @@ from serving import cli, testing
 from serving.app import create_app
 from serving.confluent_source import ConfluentDeltaSource
 from serving.consumer import KafkaDeltaSource
+from serving.readahead import ReadAheadSource
 from serving.replica import Replica
 from serving.settings import Settings
 from serving.testing import DeltaProducer, embedding_delta, send_in_transactions, wait_until
@@ -76,9 +77,13 @@ def test_both_clients_reach_the_same_digest_on_one_topic(broker, make_topic, rep
     rng = random.Random(21)
     topic = make_topic(partitions=3)
     deltas = testing.random_deltas(LAYOUT, rng, 600)
-    py_client, py = replicas(topic, "py", "kafka-python")
+    py_client, py = replicas(
+        topic, "py", "kafka-python", read_ahead=False
+    )  # each batch polled after the last
     ck_client, ck = replicas(topic, "ck", "confluent-kafka")
-    assert isinstance(ck.consumer._source_factory(), ConfluentDeltaSource)
+    source = ck.consumer._source_factory()
+    assert isinstance(source, ReadAheadSource) and isinstance(source.inner, ConfluentDeltaSource)
+    assert isinstance(py.consumer._source_factory(), KafkaDeltaSource)
     with DeltaProducer(broker.bootstrap_servers, topic, LAYOUT) as producer:
         send_in_transactions(producer, deltas, rng)  # while both replicas consume live
         send_in_transactions(producer, deltas[:150], rng)  # a re-emitted stretch, as after a Flink restore
@@ -119,10 +124,14 @@ def test_confluent_replica_seeks_to_the_snapshot_offsets(broker, make_topic, rep
 
 def test_the_client_is_chosen_by_flag_or_environment(tmp_path: Path) -> None:
     def source_of(settings: Settings) -> object:
-        return Replica(LAYOUT, settings, name="t").consumer._source_factory()
+        source = Replica(LAYOUT, settings, name="t").consumer._source_factory()
+        assert isinstance(source, ReadAheadSource) == settings.read_ahead
+        return source.inner if isinstance(source, ReadAheadSource) else source
 
     assert isinstance(source_of(Settings.load({}, environ={})), KafkaDeltaSource)
     env = {"FRESHET_KAFKA_CLIENT": "confluent-kafka"}
+    assert isinstance(source_of(Settings.load({}, environ=env)), ConfluentDeltaSource)
+    env["FRESHET_READ_AHEAD"] = "false"
     assert isinstance(source_of(Settings.load({}, environ=env)), ConfluentDeltaSource)
     args = cli.build_parser().parse_args(["--kafka-client", "confluent-kafka"])
     assert cli.settings_from_args(args).kafka_client == "confluent-kafka"

@@ -5,6 +5,7 @@ Every test runs with each client library behind ``DeltaSource``: kafka-python an
 
 from __future__ import annotations
 
+import gc
 import threading
 import uuid
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -13,8 +14,9 @@ import pytest
 from kafka import KafkaProducer
 
 from serving.confluent_source import ConfluentDeltaSource
-from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, SourceRecord
+from serving.consumer import DeltaConsumer, DeltaSource, KafkaDeltaSource, PolledBatch, SourceRecord
 from serving.metrics import ReplicaMetrics
+from serving.readahead import ReadAheadSource
 from serving.testing import wait_until
 
 pytestmark = pytest.mark.kafka
@@ -29,6 +31,13 @@ SOURCES: dict[str, Callable[..., DeltaSource]] = {
     "confluent-kafka": lambda bootstrap, topic, fail_fast=False: ConfluentDeltaSource(
         bootstrap, topic, **({"metadata_timeout_s": 0.5} if fail_fast else {})
     ),
+}
+# what a replica uses by default: each client read one batch ahead (``serving.readahead``)
+SOURCES |= {
+    f"{name}, read ahead": lambda bootstrap, topic, fail_fast=False, make=make: ReadAheadSource(
+        make(bootstrap, topic, fail_fast)
+    )
+    for name, make in list(SOURCES.items())
 }
 
 
@@ -47,12 +56,12 @@ class Recorder:
         self.fail_next = fail_first
         self.lock = threading.Lock()
 
-    def __call__(self, records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
-        if self.fail_next and records:
+    def __call__(self, batch: PolledBatch, positions: Mapping[int, int]) -> None:
+        if self.fail_next and len(batch):
             self.fail_next = False
             raise RuntimeError("a bug in the handler")
         with self.lock:
-            self.records.extend(records)
+            self.records.extend(batch.records())
             self.positions.update(positions)
 
     def values(self) -> list[bytes | None]:
@@ -196,8 +205,8 @@ def test_not_ready_before_reaching_the_end_of_a_backlog(broker, make_topic, prod
     _send_txn(producer, topic, [str(i).encode() for i in range(500)], partition=0)
     release, handler = threading.Event(), Recorder()
 
-    def slow(records: Sequence[SourceRecord], positions: Mapping[int, int]) -> None:
-        handler(records, positions)
+    def slow(batch: PolledBatch, positions: Mapping[int, int]) -> None:
+        handler(batch, positions)
         if len(handler.records) >= 100:
             release.wait(10)
 
@@ -233,7 +242,129 @@ def test_both_clients_read_the_same_committed_records(broker, make_topic, produc
         # partitions may interleave differently; within one, the order is the log's
         by_partition = {p: [(r.offset, r.value) for r in handler.records if r.partition == p] for p in (0, 1)}
         seen[name] = (by_partition, dict(handler.positions))
-    assert seen["kafka-python"] == seen["confluent-kafka"]
+    assert all(got == seen["kafka-python"] for got in seen.values()), seen
     records, positions = seen["kafka-python"]
     assert [len(records[0]), len(records[1])] == [3 * 7, 2 * 7 - 3] and positions == {0: 24, 1: 16}
     assert records[1][0] == (3, b"1-3")
+
+
+def test_replays_in_large_batches_then_applies_small_ones_once_ready(
+    broker, make_topic, producer, make_source
+) -> None:
+    """While not ready, batches up to ``replay_batch_size`` (throughput); once ready, up to ``batch_size``
+    (a batch becomes visible whole, so a small one keeps deltas fresh)."""
+    topic = make_topic(partitions=1)
+    _send_txn(producer, topic, [str(i).encode() for i in range(3000)], partition=0)
+    sizes: list[tuple[bool, int]] = []
+    handler = Recorder()
+    consumer: DeltaConsumer
+
+    def record_sizes(batch: PolledBatch, positions: Mapping[int, int]) -> None:
+        handler(batch, positions)
+        if len(batch):
+            sizes.append((consumer.ready, len(batch)))
+
+    consumer = DeltaConsumer(lambda: make_source(broker.bootstrap_servers, topic), record_sizes, dict,
+                             ReplicaMetrics(), batch_size=10, replay_batch_size=1000, poll_timeout_ms=100,
+                             name="test")  # fmt: skip
+    assert consumer.batch_size() == 1000, "not ready yet: a replay"
+    consumer.start()
+    try:
+        wait_until(lambda: consumer.ready, what="ready after the backlog")
+        assert consumer.batch_size() == 10
+        _send_txn(producer, topic, [str(i).encode() for i in range(200)], partition=0)
+        wait_until(lambda: len(handler.records) == 3200, what="the records sent once ready")
+    finally:
+        consumer.stop()
+    replay = [n for ready, n in sizes if not ready]
+    live = [n for ready, n in sizes if ready]
+    assert sum(replay) == 3000 and max(replay) > 10 and max(replay) <= 1000, replay
+    assert sum(live) == 200 and max(live) <= 10, live
+    assert gc.isenabled(), "polls pause the cyclic collector only while they build a batch"
+
+
+class CountingListSource:
+    """One partition held in memory, counting the polls made on it (no broker: the read-ahead's bookkeeping)."""
+
+    def __init__(self, n: int) -> None:
+        self.values, self.next, self.polls = [str(i).encode() for i in range(n)], 0, 0
+
+    def open(self, offsets: Mapping[int, int]) -> list[int]:
+        self.next = offsets.get(0, 0)
+        return [0]
+
+    def poll(self, max_records: int, timeout_ms: int) -> PolledBatch:
+        chunk = self.values[self.next : self.next + max_records]
+        batch = PolledBatch(list(chunk), [0] * len(chunk), list(range(self.next, self.next + len(chunk))))
+        self.next += len(chunk)
+        self.polls += 1
+        return batch
+
+    def position(self, partition: int) -> int:
+        return self.next
+
+    def end_offset(self, partition: int) -> int | None:
+        return len(self.values)
+
+    def close(self) -> None:
+        pass
+
+
+def test_read_ahead_reports_the_position_of_the_batch_it_returned() -> None:
+    """The next batch is polled early, but offsets recorded with a batch must be that batch's own."""
+    inner = CountingListSource(300)
+    source = ReadAheadSource(inner)
+    assert source.open({}) == [0] and source.position(0) == 0
+    try:
+        first = source.poll(100, 1000)
+        assert first.values == [str(i).encode() for i in range(100)]
+        wait_until(lambda: inner.polls >= 2, what="the next batch polled ahead")
+        assert inner.next >= 200 and source.position(0) == 100, "the position of the batch returned"
+        # polled ahead as 100 records; asked for 10 now (ready: small batches), it hands them out in parts
+        part = source.poll(10, 1000)
+        assert part.offsets == list(range(100, 110)) and source.position(0) == 110
+        assert source.poll(10, 1000).offsets == list(range(110, 120)) and source.position(0) == 120
+        rest = source.poll(1000, 1000)
+        assert rest.offsets == list(range(120, 200)) and source.position(0) == 200
+        assert source.end_offset(0) == 300
+    finally:
+        source.close()
+
+
+def test_read_ahead_raises_the_inner_error_on_the_next_poll() -> None:
+    inner = CountingListSource(10)
+
+    def broken(max_records: int, timeout_ms: int) -> PolledBatch:
+        raise ConnectionError("broker gone")
+
+    inner.poll = broken  # type: ignore[method-assign]
+    source = ReadAheadSource(inner)
+    source.open({})
+    try:
+        with pytest.raises(ConnectionError, match="broker gone"):
+            for _ in range(20):  # the first polls may time out before the reading thread has failed
+                source.poll(10, 100)
+    finally:
+        source.close()
+
+
+def test_read_ahead_prepares_each_batch_in_its_thread_and_survives_a_failing_prepare() -> None:
+    """The replica decodes a batch while the previous one is applied; a failure there only means the
+    batch is decoded when handled (``prepared`` is None), never a lost batch."""
+    threads: list[str] = []
+
+    def prepare(batch: PolledBatch) -> None:
+        threads.append(threading.current_thread().name)
+        if batch.offsets[0] == 100:
+            raise ValueError("a bug in prepare")
+        batch.prepared = len(batch)
+
+    source = ReadAheadSource(CountingListSource(300), prepare=prepare)
+    source.open({})
+    try:
+        batches = [source.poll(100, 1000) for _ in range(3)]
+    finally:
+        source.close()
+    assert [b.offsets[0] for b in batches] == [0, 100, 200]
+    assert [b.prepared for b in batches] == [100, None, 100]
+    assert set(threads) == {"freshet-read-ahead"}

@@ -115,3 +115,38 @@ def test_vector_histogram_matches_prometheus_histogram() -> None:
                       if line.startswith("lat_seconds_") and "_created" not in line)  # fmt: skip
 
     assert samples(ours_registry) == samples(reference_registry)
+
+
+def test_gc_paused_restores_the_collector_state_even_when_nested_or_raising() -> None:
+    """Polls pause the cyclic collector; it must come back on (and stay off if it was off)."""
+    import gc
+
+    from serving.consumer import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+        with gc_paused():
+            assert not gc.isenabled()
+        assert not gc.isenabled(), "the inner pause found it off: it must leave it off"
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("a poll failed")
+    assert gc.isenabled()
+    gc.disable()
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled(), "disabled by someone else: stays disabled"
+    finally:
+        gc.enable()
+
+
+def test_polled_batch_locates_records_without_a_record_object_each() -> None:
+    from serving.consumer import PolledBatch, SourceRecord
+
+    records = [SourceRecord(1, 7, b"a"), SourceRecord(0, 3, None), SourceRecord(1, 9, b"c")]
+    batch = PolledBatch.of_records(records)
+    assert len(batch) == 3 and batch.values == [b"a", None, b"c"]
+    assert [batch.partition(i) for i in range(3)] == [1, 0, 1]
+    assert batch.records() == records

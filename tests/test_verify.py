@@ -21,7 +21,7 @@ from freshet.snapshot import write_snapshot
 from freshet.spec import load_feature_set
 from freshet.versions import eligibility_version, embedding_version, feature_version
 from serving.app import create_app
-from serving.consumer import SourceRecord
+from serving.consumer import PolledBatch, SourceRecord
 from serving.replica import Replica
 from serving.settings import Settings
 
@@ -123,13 +123,13 @@ class ListSource:
         self.next = offsets.get(0, 0)
         return [0]
 
-    def poll(self, max_records: int, timeout_ms: int) -> list[SourceRecord]:
+    def poll(self, max_records: int, timeout_ms: int) -> PolledBatch:
         chunk = self.values[self.next : self.next + max_records]
         if not chunk:
             time.sleep(min(timeout_ms, 50) / 1000)
         records = [SourceRecord(0, self.next + i, v) for i, v in enumerate(chunk)]
         self.next += len(chunk)
-        return records
+        return PolledBatch.of_records(records)
 
     def position(self, partition: int) -> int:
         return self.next
