@@ -125,7 +125,7 @@ final class WindowLogic {
         // range (24 copies in a 1-day window sliding by the hour). For count, min, max and last an add is a
         // comparison or an increment, so panes saved nothing per event and cost a merge per firing: with panes for
         // every exactly merging aggregation, python -m bench.job over 5,000 items took 21.0-22.3 job CPU seconds,
-        // against 18.4-20.3 without panes and 16.9-17.6 (two runs of three) with panes for approx_distinct only.
+        // against 18.4-20.3 without panes and 16.9-20.3 (four runs of five) with panes for approx_distinct only.
         boolean panes = stepMs < sizeMs && "approx_distinct".equals(aggregation)
             && Aggregators.mergesExactly(aggregation);
         this.paneMs = panes ? java.math.BigInteger.valueOf(sizeMs).gcd(java.math.BigInteger.valueOf(stepMs)).longValue() : 0;
