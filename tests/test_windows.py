@@ -590,6 +590,22 @@ def test_jvm_late_reasons_are_the_python_reasons() -> None:
                                                       python.reason)  # fmt: skip
 
 
+def test_jvm_window_made_again_under_a_lower_watermark_counts_only_its_own_events() -> None:
+    """The JVM keeps a sliding approx_distinct in panes; a window cleared and made again must not read the events
+    in its panes from before (the second [0, 20) took only "b")."""
+    feature = WindowedAggregate(SLIDING, "approx_distinct", allowed_lateness_ms=0)
+    steps: list[Step] = [
+        ("event", 12, NO_WATERMARK, "a"),
+        ("wm", 19),
+        ("event", 13, 5, "b"),
+        ("wm", 19),
+        ("wm", 29),
+    ]
+    expected = [("fire", 0, 20, 1.0, 0), ("fire", 0, 20, 1.0, 0), ("fire", 10, 30, 2.0, 0)]
+    assert run(feature, steps)[1] == expected
+    assert _jvm_compact(feature, steps)[1] == expected
+
+
 _steps = st.lists(
     st.one_of(
         st.tuples(st.just("event"), st.integers(-40, 120), st.integers(-30, 130),

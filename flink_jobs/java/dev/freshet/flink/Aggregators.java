@@ -43,6 +43,14 @@ final class Aggregators {
         /** Its index in {@link #NAMES}, the tag of its serialized form. */
         abstract int tag();
 
+        /**
+         * Folds {@code other} (of the same aggregation) into this one, as if its values had been added here; only
+         * where {@link #mergesExactly} says the result cannot depend on how the values were grouped.
+         */
+        void merge(Acc other) {
+            throw new UnsupportedOperationException(NAMES[tag()] + " accumulators are not merged");
+        }
+
         final void write(DataOutputView out) throws IOException {
             out.writeByte(tag());
             writeFields(out);
@@ -51,6 +59,16 @@ final class Aggregators {
 
     /** The aggregation names; an accumulator's serialized tag is its index here: never reorder. */
     static final String[] NAMES = {"count", "sum", "mean", "min", "max", "last", "approx_distinct"};
+
+    /**
+     * Whether merging accumulators gives bit for bit the result of adding every value to one: true for count, min,
+     * max, last (integer or order-free selections) and approx_distinct (the sketch of a union is the register-wise
+     * max of the sketches). Not for sum and mean: their partials are exact only while no intermediate sum overflows,
+     * and whether one does (values near 1e308) depends on the grouping.
+     */
+    static boolean mergesExactly(String name) {
+        return !"sum".equals(name) && !"mean".equals(name);
+    }
 
     /** An accumulator as {@link Acc#write} wrote it. */
     static Acc read(DataInputView in) throws IOException {
@@ -81,6 +99,8 @@ final class Aggregators {
         long n;
 
         @Override void add(double number, long hash, long tsMs) { n++; }
+
+        @Override void merge(Acc other) { n += ((Count) other).n; }
 
         @Override double result() { return (double) n; }
 
@@ -215,6 +235,11 @@ final class Aggregators {
 
         @Override double result() { return any ? value : Double.NaN; }
 
+        @Override void merge(Acc other) {
+            OneValue o = (OneValue) other;
+            if (o.any) { add(o.value, 0L, 0L); }
+        }
+
         @Override Acc copy() {
             OneValue c = (OneValue) initial(NAMES[tag()]);
             c.any = any;
@@ -266,6 +291,11 @@ final class Aggregators {
         }
 
         @Override double result() { return any ? value : Double.NaN; }
+
+        @Override void merge(Acc other) {
+            Last o = (Last) other;
+            if (o.any) { add(o.value, 0L, o.tsMs); }
+        }
 
         @Override int tag() { return 5; }
 
@@ -324,6 +354,23 @@ final class Aggregators {
             System.arraycopy(exact, insert, exact, insert + 1, size - insert);
             exact[insert] = hash;
             size++;
+        }
+
+        @Override void merge(Acc other) {
+            ApproxDistinct o = (ApproxDistinct) other;
+            if (o.registers == null) {
+                for (int i = 0; i < o.size; i++) { add(0.0, o.exact[i], 0L); }
+                return;
+            }
+            if (registers == null) {
+                registers = new byte[HLL_REGISTERS];
+                for (int i = 0; i < size; i++) { observe(exact[i]); }
+                exact = null;
+                size = 0;
+            }
+            for (int i = 0; i < HLL_REGISTERS; i++) {
+                if (o.registers[i] > registers[i]) { registers[i] = o.registers[i]; }
+            }
         }
 
         private void observe(long h) {

@@ -6,7 +6,6 @@ import java.nio.ByteBuffer;
 import java.nio.ByteOrder;
 import java.util.ArrayList;
 import java.util.List;
-import java.util.TreeMap;
 
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.core.json.JsonWriteFeature;
 import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.ObjectMapper;
@@ -26,15 +25,19 @@ final class EngagementLogic {
     static final byte KIND_FEATURE = 2;
     private static final ObjectMapper LATE_JSON = JsonMapper.builder().enable(JsonWriteFeature.ESCAPE_NON_ASCII).build();
 
-    /** One item's open windows, by feature (null: none open). Flink state, written by {@link ItemWindowsSerializer}. */
+    /**
+     * One item's open windows, by feature (null: none open), and the event-time timer last registered for them.
+     * Flink state, written by {@link ItemWindowsSerializer}.
+     */
     public static final class ItemWindows {
-        public TreeMap<Long, WindowLogic.Slot>[] byFeature;
+        public WindowLogic.State[] byFeature;
+        /** The due time of the item's pending timer (Long.MIN_VALUE: none known). */
+        public long timerMs = Long.MIN_VALUE;
 
         public ItemWindows() {}
 
-        @SuppressWarnings({"unchecked", "rawtypes"})
         ItemWindows(int features) {
-            byFeature = new TreeMap[features];
+            byFeature = new WindowLogic.State[features];
         }
 
         /** A deep copy: what the heap state backend keeps for a checkpoint while this one changes. */
@@ -42,18 +45,15 @@ final class EngagementLogic {
             ItemWindows c = new ItemWindows(byFeature.length);
             for (int i = 0; i < byFeature.length; i++) {
                 if (byFeature[i] != null) {
-                    TreeMap<Long, WindowLogic.Slot> windows = new TreeMap<>(byFeature[i]); // linear: built sorted
-                    for (var entry : windows.entrySet()) {
-                        entry.setValue(entry.getValue().copy());
-                    }
-                    c.byFeature[i] = windows;
+                    c.byFeature[i] = byFeature[i].copy();
                 }
             }
+            c.timerMs = timerMs;
             return c;
         }
 
         boolean isEmpty() {
-            for (TreeMap<Long, WindowLogic.Slot> w : byFeature) {
+            for (WindowLogic.State w : byFeature) {
                 if (w != null && !w.isEmpty()) { return false; }
             }
             return true;
@@ -113,9 +113,9 @@ final class EngagementLogic {
         Step step = new Step(spec.features.size());
         for (int i = 0; i < spec.features.size(); i++) {
             EngagementSpec.Feature feature = spec.features.get(i);
-            TreeMap<Long, WindowLogic.Slot> state = windows.byFeature[i];
+            WindowLogic.State state = windows.byFeature[i];
             if (state == null) {
-                state = new TreeMap<>();
+                state = feature.window.initial();
             }
             List<WindowLogic.Output> outputs = event != null && event.takes(i)
                 ? feature.window.onEvent(state, event.tsMs, event.numbers[i], event.hashes[i], watermarkMs)

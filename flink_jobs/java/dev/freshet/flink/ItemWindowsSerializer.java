@@ -11,9 +11,10 @@ import org.apache.flink.core.memory.DataInputView;
 import org.apache.flink.core.memory.DataOutputView;
 
 /**
- * The Flink serializer of one item's windows ({@link EngagementLogic.ItemWindows}): a count of features, then per
- * feature its number of open windows (-1: none) and each window as end, firings, empty, accumulator
- * ({@link Aggregators.Acc#write}).
+ * The Flink serializer of one item's windows ({@link EngagementLogic.ItemWindows}): the pending timer's time, a count
+ * of features, then per feature its number of open windows (-1: none), each window as end, firings, empty, whether
+ * it has its own accumulator and that accumulator ({@link Aggregators.Acc#write}), then its number of panes (-1: the
+ * feature has none) and each pane as start, accumulator.
  *
  * <p>Why not Kryo: profiled with JFR on {@code python -m bench.job} over 5,000 items (JVM window operator, heap
  * state, 1 s checkpoints), the window thread spent 39% of its samples in {@code KryoSerializer.copy} (the heap
@@ -45,25 +46,38 @@ public final class ItemWindowsSerializer extends TypeSerializerSingleton<Engagem
 
     @Override
     public void serialize(EngagementLogic.ItemWindows record, DataOutputView out) throws IOException {
+        out.writeLong(record.timerMs);
         out.writeInt(record.byFeature.length);
-        for (TreeMap<Long, WindowLogic.Slot> windows : record.byFeature) {
-            out.writeInt(windows == null ? -1 : windows.size());
-            if (windows == null) {
+        for (WindowLogic.State state : record.byFeature) {
+            out.writeInt(state == null ? -1 : state.windows.size());
+            if (state == null) {
                 continue;
             }
-            for (var entry : windows.entrySet()) {
+            for (var entry : state.windows.entrySet()) {
                 WindowLogic.Slot slot = entry.getValue();
                 out.writeLong(entry.getKey());
                 out.writeInt(slot.firings);
                 out.writeBoolean(slot.empty);
-                slot.acc.write(out);
+                out.writeBoolean(slot.acc != null);
+                if (slot.acc != null) {
+                    slot.acc.write(out);
+                }
+            }
+            out.writeInt(state.panes == null ? -1 : state.panes.size());
+            if (state.panes != null) {
+                for (var entry : state.panes.entrySet()) {
+                    out.writeLong(entry.getKey());
+                    entry.getValue().write(out);
+                }
             }
         }
     }
 
     @Override
     public EngagementLogic.ItemWindows deserialize(DataInputView in) throws IOException {
+        long timerMs = in.readLong();
         EngagementLogic.ItemWindows record = new EngagementLogic.ItemWindows(in.readInt());
+        record.timerMs = timerMs;
         for (int i = 0; i < record.byFeature.length; i++) {
             int n = in.readInt();
             if (n < 0) {
@@ -74,9 +88,16 @@ public final class ItemWindowsSerializer extends TypeSerializerSingleton<Engagem
                 long end = in.readLong();
                 int firings = in.readInt();
                 boolean empty = in.readBoolean();
-                windows.put(end, new WindowLogic.Slot(Aggregators.read(in), firings, empty));
+                Aggregators.Acc acc = in.readBoolean() ? Aggregators.read(in) : null;
+                windows.put(end, new WindowLogic.Slot(acc, firings, empty));
             }
-            record.byFeature[i] = windows;
+            int p = in.readInt();
+            TreeMap<Long, Aggregators.Acc> panes = p < 0 ? null : new TreeMap<>();
+            for (int j = 0; j < p; j++) {
+                long start = in.readLong();
+                panes.put(start, Aggregators.read(in));
+            }
+            record.byFeature[i] = new WindowLogic.State(windows, panes);
         }
         return record;
     }

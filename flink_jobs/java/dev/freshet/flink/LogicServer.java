@@ -10,7 +10,6 @@ import java.util.HexFormat;
 import java.util.LinkedHashMap;
 import java.util.List;
 import java.util.Map;
-import java.util.TreeMap;
 import java.util.TreeSet;
 
 import org.apache.flink.core.memory.DataInputDeserializer;
@@ -67,11 +66,11 @@ public final class LogicServer {
         }
     }
 
-    private static TreeMap<Long, WindowLogic.Slot> throughFlink(TreeMap<Long, WindowLogic.Slot> state) {
+    private static WindowLogic.State throughFlink(WindowLogic logic, WindowLogic.State state) {
         EngagementLogic.ItemWindows one = new EngagementLogic.ItemWindows(1);
         one.byFeature[0] = state;
-        TreeMap<Long, WindowLogic.Slot> back = throughFlink(one).byFeature[0];
-        return back == null ? new TreeMap<>() : back;
+        WindowLogic.State back = throughFlink(one).byFeature[0];
+        return back == null ? logic.initial() : back;
     }
 
     private static ObjectNode window(JsonNode f, JsonNode steps) {
@@ -79,7 +78,7 @@ public final class LogicServer {
         WindowLogic logic = new WindowLogic(f.get("aggregation").textValue(), f.get("size_ms").longValue(),
             slide.isNull() ? null : slide.longValue(), f.get("allowed_lateness_ms").longValue(),
             f.get("late_policy").textValue(), f.get("default").doubleValue());
-        TreeMap<Long, WindowLogic.Slot> state = new TreeMap<>();
+        WindowLogic.State state = logic.initial();
         ObjectNode answer = EventCheck.JSON.createObjectNode();
         ArrayNode outputs = answer.putArray("outputs");
         for (JsonNode step : steps) {
@@ -93,14 +92,14 @@ public final class LogicServer {
             } else {
                 outs = logic.onWatermark(state, step.get(1).longValue());
             }
-            state = throughFlink(state);
+            state = throughFlink(logic, state);
             for (WindowLogic.Output o : outs) {
                 outputs.addArray().add(o.kind).add(o.startMs).add(o.endMs).add(Double.toHexString(o.value))
                     .add(o.firing).add(o.eventTsMs).add(o.watermarkMs).add(o.reason);
             }
         }
         ArrayNode ends = answer.putArray("ends");
-        state.keySet().forEach(ends::add);
+        state.windows.keySet().forEach(ends::add);
         ArrayNode due = answer.putArray("due");
         logic.dueTimesMs(state).forEach(due::add);
         return answer;
