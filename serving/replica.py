@@ -284,19 +284,19 @@ class Replica:
             return self._decode_isolating(values)
 
     def _decode_isolating(self, values: list[bytes]) -> DecodedBatch | None:
-        good = []
-        for value in values:
+        kept = []
+        for i, value in enumerate(values):
             try:
                 decode_batch([value], self.layout)
             except Exception:
                 self.metrics.rejected.labels(reason="undecodable").inc()
                 continue
-            good.append(value)
-        if not good:
+            kept.append(i)
+        if not kept:
             return None
-        batch = decode_batch(good, self.layout)
-        # marker positions refer to ``good``, not to the polled records: drop them (alignment waits a checkpoint)
-        return replace(batch, marker_index=batch.marker_index[:0]) if len(good) < len(values) else batch
+        batch = decode_batch([values[i] for i in kept], self.layout)
+        # marker positions are into the kept records: map them back to ``values``, where alignment reads them
+        return replace(batch, marker_index=np.asarray(kept, dtype=np.int64)[batch.marker_index])
 
     def _apply(self, batch: DecodedBatch | None) -> tuple[int, int, dict[str, int]]:
         if batch is None:

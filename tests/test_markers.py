@@ -137,6 +137,38 @@ def test_a_replica_snapshot_names_the_newest_marked_checkpoint_that_exists(tmp_p
     assert restarted.state().flink_checkpoint == named, "a restored replica stays aligned with its snapshot's"
 
 
+def test_markers_survive_a_batch_decoded_record_by_record(tmp_path: Path, monkeypatch) -> None:
+    """When a batch cannot be decoded whole, the replica decodes it record by record; the markers it then
+    finds must still point at the records they came from, or that checkpoint is never named."""
+    import serving.replica
+    from serving.consumer import PolledBatch, SourceRecord
+    from serving.replica import Replica
+    from serving.settings import Settings
+
+    poison = b"poison: the batch codec raises on it"
+    real = serving.replica.decode_batch
+
+    def decode(values, layout):
+        if poison in values:
+            raise RuntimeError("cannot decode this batch whole")
+        return real(values, layout)
+
+    monkeypatch.setattr(serving.replica, "decode_batch", decode)
+    checkpoints = tmp_path / "checkpoints"
+    (checkpoints / JOB / "chk-5").mkdir(parents=True)
+    (checkpoints / JOB / "chk-5" / "_metadata").write_bytes(b"x")
+    settings = Settings.load({"snapshot_dir": tmp_path / "s", "checkpoint_dir": checkpoints}, environ={})
+    replica = Replica(LAYOUT, settings, name="t")
+    replica.restore()
+    delta = encode_delta(random_deltas(LAYOUT, random.Random(2), 1)[0], LAYOUT)
+    records = [SourceRecord(0, 0, poison), SourceRecord(0, 1, delta),
+               SourceRecord(0, 2, encode_marker(marker(5, partition=0))),
+               SourceRecord(1, 0, encode_marker(marker(5, partition=1)))]  # fmt: skip
+    replica.apply_records(PolledBatch.of_records(records), {0: 3, 1: 1})
+    assert replica.metrics.rejected.labels(reason="undecodable")._value.get() == 1
+    assert replica.state().flink_checkpoint == str((checkpoints / JOB / "chk-5").resolve())
+
+
 SHAPE = [(s, p) for s in range(2) for p in range(3)]  # 2 marker subtasks, 3 delta-topic partitions
 
 
