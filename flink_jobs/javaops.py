@@ -7,7 +7,7 @@ PyFlink and the Kafka connector jars, into ``freshet-ops.jar`` beside the connec
 when a source or the JDK changes (a sha256 stamp beside it), and goes on ``pipeline.jars`` with the connector.
 
     python -m flink_jobs.javaops ensure     # idempotent; what ./dev setup runs
-    python -m flink_jobs.javaops path       # print the jar path (nothing when there are no sources)
+    python -m flink_jobs.javaops paths      # print the jar path (nothing when there are no sources), like connector
 """
 
 from __future__ import annotations
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
     if command == "ensure":
         jar = ensure()
         print(f"ok  {jar}" if jar else "ok  (no Java sources)", file=sys.stderr)
-    elif command == "path":
+    elif command == "paths":
         print("\n".join(str(p) for p in jar_paths()))
     else:
         print(__doc__, file=sys.stderr)
