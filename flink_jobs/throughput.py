@@ -185,6 +185,7 @@ def _observe(
     job = _get(f"{rest}/jobs/{job_id}")
     vertex = next(v["id"] for v in job["vertices"] if "windows engagement" in v["name"])
     samples: list[tuple[float, int, float]] = []
+    load = _VertexLoad(rest, job_id, job["vertices"])
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
         subtasks = _get(f"{rest}/jobs/{job_id}/vertices/{vertex}")["subtasks"]
@@ -192,6 +193,8 @@ def _observe(
         samples.append((time.monotonic(), count, cpu_s()))
         if samples[-1][1] >= n:
             break
+        if count > 0:
+            load.sample()
         time.sleep(0.5)
     first, _, cpu_first = next((s for s in samples if s[1] > 0), samples[-1])
     last_t, last_count, _ = samples[-1]
@@ -203,6 +206,9 @@ def _observe(
         "events_read_by_window_operator": last_count,
         "seconds_first_to_last_event": round(last_t - first, 2),
         "window_operator_events_per_s": round(last_count / max(last_t - first, 1e-9)),
+        # the rate over the second half of the events: the JVM's JIT compiler takes a third of the 2 cores for
+        # the first ~10 s of a job (measured per thread from /proc), so a short run mostly measures warm-up
+        "second_half_events_per_s": _second_half_rate(samples, n),
         # the deltas of every window those events fired are committed with the first checkpoint after the last one
         "seconds_first_event_to_committed": round(committed_t - first, 2),
         "end_to_end_events_per_s": round(last_count / max(committed_t - first, 1e-9)),
@@ -211,8 +217,43 @@ def _observe(
         "job_cpu_seconds": round(job_cpu_s, 2),
         "events_per_job_cpu_second": round(last_count / max(job_cpu_s, 1e-9)),
         "checkpoints_completed": checkpoints["counts"]["completed"],
+        # per task (chain of operators): ms per second busy / waiting on its output, while the events flowed;
+        # the busiest task that is not backpressured is the one that sets the rate
+        "task_busy_ms_per_s": load.mean("busyTimeMsPerSecond"),
+        "task_backpressured_ms_per_s": load.mean("backPressuredTimeMsPerSecond"),
         "checkpoint_duration_ms_avg": checkpoints["summary"]["end_to_end_duration"]["avg"],
     }
+
+
+def _second_half_rate(samples: list[tuple[float, int, float]], n: int) -> int | None:
+    """Events/s between the first sample past ``n / 2`` events read and the last sample (None: too few samples)."""
+    half = next((s for s in samples if s[1] >= n / 2), None)
+    last = samples[-1]
+    if half is None or last[0] - half[0] < 1.0:
+        return None
+    return round((last[1] - half[1]) / (last[0] - half[0]))
+
+
+class _VertexLoad:
+    """Samples of each task's busy and backpressured time (Flink's task metrics, the ones the web UI colours)."""
+
+    METRICS = ("busyTimeMsPerSecond", "backPressuredTimeMsPerSecond")
+
+    def __init__(self, rest: str, job_id: str, vertices: list[dict[str, Any]]) -> None:
+        self._urls = {v["name"][:60]: f"{rest}/jobs/{job_id}/vertices/{v['id']}/subtasks/metrics"
+                      f"?get={','.join(self.METRICS)}&agg=max" for v in vertices}  # fmt: skip
+        self._samples: dict[tuple[str, str], list[float]] = {}
+
+    def sample(self) -> None:
+        for name, url in self._urls.items():
+            for metric in _get(url):
+                value = metric.get("max")
+                if value is not None and value == value:  # NaN before the first measurement
+                    self._samples.setdefault((name, metric["id"]), []).append(float(value))
+
+    def mean(self, metric: str) -> dict[str, float]:
+        return {name: round(sum(values) / len(values)) for (name, m), values in sorted(self._samples.items())
+                if m == metric and values}  # fmt: skip
 
 
 def _tree_cpu_s(root: int) -> float:

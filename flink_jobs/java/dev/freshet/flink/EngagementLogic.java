@@ -114,10 +114,14 @@ final class EngagementLogic {
         for (int i = 0; i < spec.features.size(); i++) {
             EngagementSpec.Feature feature = spec.features.get(i);
             WindowLogic.State state = windows.byFeature[i];
+            boolean takes = event != null && event.takes(i);
+            if (state == null && !takes) {
+                continue; // no window open, none to open: a watermark has nothing to do
+            }
             if (state == null) {
                 state = feature.window.initial();
             }
-            List<WindowLogic.Output> outputs = event != null && event.takes(i)
+            List<WindowLogic.Output> outputs = takes
                 ? feature.window.onEvent(state, event.tsMs, event.numbers[i], event.hashes[i], watermarkMs)
                 : feature.window.onWatermark(state, watermarkMs);
             windows.byFeature[i] = state.isEmpty() ? null : state;

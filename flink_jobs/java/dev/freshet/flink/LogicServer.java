@@ -99,7 +99,9 @@ public final class LogicServer {
             }
         }
         ArrayNode ends = answer.putArray("ends");
-        state.windows.keySet().forEach(ends::add);
+        for (int i = 0; i < state.size; i++) {
+            ends.add(state.ends[i]);
+        }
         ArrayNode due = answer.putArray("due");
         logic.dueTimesMs(state).forEach(due::add);
         return answer;
