@@ -106,12 +106,13 @@ def _export_events(args: argparse.Namespace) -> int:
     from flink_jobs.raw_topics import export_raw_topics
     from freshet.errors import FreshetError
     from freshet.offline.commands import RichProgress
-    from freshet.offline.topics import BOUNDED_NOTE, source_topics, topic_map
+    from freshet.offline.topics import BOUNDED_NOTE, source_topics
     from freshet.spec import load_feature_set
+    from freshet.topic_map import parse_topic_map
 
     console = Console(stderr=True)
     try:
-        topics = source_topics(load_feature_set(args.defs), topic_map(args.topic))
+        topics = source_topics(load_feature_set(args.defs), parse_topic_map(args.topic))
         with RichProgress(console, quiet=False) as progress:
             cuts = export_raw_topics(args.bootstrap, topics, args.out, fmt=args.format, progress=progress,
                                      timeout_s=args.timeout_s)  # fmt: skip

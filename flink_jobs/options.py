@@ -16,6 +16,7 @@ from typing import Any
 
 from flink_jobs import runtime
 from flink_jobs.sinks import unique_transactional_id_prefix
+from freshet.topic_map import TopicMapError, parse_topic_map
 
 JOB_FILE = "freshet-job.json"
 DEFAULT_JOB_NAME = "freshet-deltas"
@@ -128,7 +129,7 @@ def settings_from_args(args: argparse.Namespace, restore_path: str | None = None
         job_name=job_name,
         delta_topic=pick("delta_topic", "freshet.deltas"),
         dlq_topic=pick("dlq_topic", "freshet.dlq"),
-        topic_map=_pairs(args.topic, "--topic"),
+        topic_map=_topic_map(args.topic),
         transactional_id_prefix=args.transactional_id_prefix or unique_transactional_id_prefix(job_name),
         transaction_timeout_ms=pick("transaction_timeout_ms", 600_000),
         group_id=pick("group_id", ""),
@@ -143,11 +144,18 @@ def _picker(args: argparse.Namespace) -> Any:
     return pick
 
 
-def _pairs(items: Sequence[str] | None, option: str) -> dict[str, str]:
-    """``["a=b", ...]`` → ``{"a": "b"}``.
+def _topic_map(pairs: Sequence[str] | None) -> dict[str, str]:
+    try:
+        return parse_topic_map(pairs)
+    except TopicMapError as exc:
+        raise SystemExit(f"freshet job: {exc}") from exc
 
-    >>> _pairs(["engagement=t1", "x=y=z"], "--topic")
-    {'engagement': 't1', 'x': 'y=z'}
+
+def _pairs(items: Sequence[str] | None, option: str) -> dict[str, str]:
+    """``["a=b", ...]`` → ``{"a": "b"}`` (``--conf``; a value may be empty or hold ``=``).
+
+    >>> _pairs(["parallelism.default=2", "env.java.opts=-Dx=y"], "--conf")
+    {'parallelism.default': '2', 'env.java.opts': '-Dx=y'}
     """
     pairs = {}
     for item in items or ():

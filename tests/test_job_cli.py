@@ -64,7 +64,12 @@ def test_settings_round_trip_through_their_options(tmp_path: Path) -> None:
     ("argv", "message"),
     [
         (["--bootstrap", "k:1"], "--models required"),
-        (["--bootstrap", "k:1", "--models", "m", "--topic", "x"], "KEY=VALUE"),
+        (
+            ["--bootstrap", "k:1", "--models", "m", "--topic", "x"],
+            "freshet job: --topic wants DECLARED=ACTUAL, got 'x'",
+        ),
+        (["--bootstrap", "k:1", "--models", "m", "--topic", "x="], "--topic wants DECLARED=ACTUAL, got 'x='"),
+        (["--bootstrap", "k:1", "--models", "m", "--conf", "x"], "--conf wants KEY=VALUE, got 'x'"),
     ],
 )
 def test_missing_or_malformed_options_are_refused(argv: list[str], message: str) -> None:

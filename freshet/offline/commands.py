@@ -109,12 +109,13 @@ def _event_log(
 
     A ``kafka://`` address is read into a temporary log first, removed once backfill has read it.
     """
-    from freshet.offline.topics import BOUNDED_NOTE, KafkaEvents, exported, source_topics, topic_map
+    from freshet.offline.topics import BOUNDED_NOTE, KafkaEvents, exported, source_topics
+    from freshet.topic_map import parse_topic_map
 
     if not isinstance(args.events, KafkaEvents):
         yield args.events, {}
         return
-    topics = source_topics(feature_set, topic_map(args.topic))
+    topics = source_topics(feature_set, parse_topic_map(args.topic))
     with exported(args.events, topics, progress=progress, timeout_s=args.kafka_timeout) as (directory, cuts):
         yield directory, {"kafka": {"bootstrap": args.events.bootstrap, "read": BOUNDED_NOTE, "topics": cuts}}
 

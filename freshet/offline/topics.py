@@ -52,24 +52,10 @@ def parse_events(text: str) -> Path | KafkaEvents:
 
 
 def source_topics(feature_set: FeatureSet, topic_map: Mapping[str, str]) -> dict[str, str]:
-    """Declared topic → topic to read, for every declared source (``topic_map`` as the job's ``--topic``)."""
+    """Declared topic → topic to read, for every declared source (``topic_map``: ``--topic``, as parsed by
+    ``freshet.topic_map``)."""
     declared = sorted({source.topic for source in feature_set.sources})
     return {topic: topic_map.get(topic, topic) for topic in declared}
-
-
-def topic_map(pairs: list[str] | None) -> dict[str, str]:
-    """``["declared=actual", ...]`` → a mapping (the job's ``--topic DECLARED=ACTUAL``).
-
-    >>> topic_map(["engagement=prod.engagement"])
-    {'engagement': 'prod.engagement'}
-    """
-    out = {}
-    for pair in pairs or ():
-        declared, sep, actual = pair.partition("=")
-        if not sep or not declared or not actual:
-            raise TopicsError(f"--topic wants DECLARED=ACTUAL, got {pair!r}")
-        out[declared] = actual
-    return out
 
 
 def export(events: KafkaEvents, topics: Mapping[str, str], out: Path, **options: Any) -> dict[str, Any]:
