@@ -233,15 +233,15 @@ def _union(streams: Sequence[DataStream]) -> DataStream:
 def kafka_source(
     env: StreamExecutionEnvironment, settings: JobSettings, topic: str, name: str, watermarks: Any = None
 ) -> DataStream:
-    """Raw record values of ``topic``: from the job's committed offsets, else the earliest; committed on checkpoints.
-    With ``watermarks`` (a ``WatermarkStrategy``) the source makes them, per partition; else none."""
+    """Raw record values of ``topic``: from the job's committed offsets, else the earliest; committed on checkpoints;
+    with the job's ``source_properties``. With ``watermarks`` (a ``WatermarkStrategy``) the source makes them, per partition; else none."""
     from pyflink.common import Types, WatermarkStrategy
     from pyflink.common.serialization import ByteArraySchema
     from pyflink.datastream.connectors.kafka import (
         KafkaSource,
     )
 
-    source = (
+    builder = (
         KafkaSource.builder()
         .set_bootstrap_servers(settings.bootstrap)
         .set_topics(topic)
@@ -249,8 +249,10 @@ def kafka_source(
         .set_starting_offsets(_committed_else_earliest())
         .set_value_only_deserializer(ByteArraySchema())
         .set_property("commit.offsets.on.checkpoint", "true")
-        .build()
     )
+    for key, value in settings.source_properties.items():
+        builder = builder.set_property(key, value)
+    source = builder.build()
     strategy = WatermarkStrategy.no_watermarks() if watermarks is None else watermarks
     stream = env.from_source(source, strategy, f"kafka {topic}", Types.PRIMITIVE_ARRAY(Types.BYTE()))
     return stream.uid(f"source-{name}")

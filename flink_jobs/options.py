@@ -53,6 +53,8 @@ class JobSettings:
     transactional_id_prefix: str = ""
     transaction_timeout_ms: int = 600_000
     group_id: str = ""
+    #: Kafka consumer properties of every source (``fetch.max.bytes``, ``security.protocol``, ...)
+    source_properties: Mapping[str, str] = field(default_factory=dict)
 
     def topic(self, declared: str) -> str:
         return self.topic_map.get(declared, declared)
@@ -73,6 +75,12 @@ def add_job_arguments(parser: argparse.ArgumentParser) -> None:
         help="read/write ACTUAL instead of a declared topic",
     )
     add("--group-id", help="Kafka consumer group of the sources (default: the job name)")
+    add(
+        "--source-property",
+        action="append",
+        metavar="KEY=VALUE",
+        help="a Kafka consumer property of every source, e.g. fetch.max.bytes=1048576",
+    )
     add(
         "--job-name",
         help=f"Flink job name, Kafka group id and transactional id stem (default {DEFAULT_JOB_NAME})",
@@ -133,6 +141,7 @@ def settings_from_args(args: argparse.Namespace, restore_path: str | None = None
         transactional_id_prefix=args.transactional_id_prefix or unique_transactional_id_prefix(job_name),
         transaction_timeout_ms=pick("transaction_timeout_ms", 600_000),
         group_id=pick("group_id", ""),
+        source_properties=_pairs(getattr(args, "source_property", None), "--source-property"),
     )
 
 
@@ -152,7 +161,7 @@ def _topic_map(pairs: Sequence[str] | None) -> dict[str, str]:
 
 
 def _pairs(items: Sequence[str] | None, option: str) -> dict[str, str]:
-    """``["a=b", ...]`` → ``{"a": "b"}`` (``--conf``; a value may be empty or hold ``=``).
+    """``["a=b", ...]`` → ``{"a": "b"}`` (``--conf``, ``--source-property``; a value may be empty or hold ``=``).
 
     >>> _pairs(["parallelism.default=2", "env.java.opts=-Dx=y"], "--conf")
     {'parallelism.default': '2', 'env.java.opts': '-Dx=y'}
@@ -186,6 +195,7 @@ def settings_argv(settings: JobSettings) -> list[str]:
     if flink.log_dir is not None:
         argv += ["--log-dir", str(Path(flink.log_dir).resolve())]
     argv += [item for k, v in settings.topic_map.items() for item in ("--topic", f"{k}={v}")]
+    argv += [item for k, v in settings.source_properties.items() for item in ("--source-property", f"{k}={v}")]
     argv += [item for k, v in flink.extra.items() for item in ("--conf", f"{k}={v}")]
     return argv
 

@@ -128,7 +128,7 @@ def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, An
     import kafka_helpers
     from kafka import KafkaProducer
 
-    from freshet.deltas import DeltaKind, decode_delta
+    from freshet.deltas import DeltaKind, decode_deltas
     from freshet.spec import load_feature_set
 
     layout = load_feature_set(PROJECT_ROOT / "feature_defs").layout()
@@ -143,10 +143,10 @@ def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, An
                "region": "PT", "nsfw": False, "media_type": "text", "duration_s": 0}  # fmt: skip
         producer.send("item.attributes", value=json.dumps(doc).encode()).get(timeout=10)
         sent[base_id + i] = time.monotonic()
-        _collect(consumer, seen, layout, DeltaKind, decode_delta, spacing_s)
+        _collect(consumer, seen, layout, DeltaKind, decode_deltas, spacing_s)
     deadline = time.monotonic() + 30
     while len(seen) < probes and time.monotonic() < deadline:
-        _collect(consumer, seen, layout, DeltaKind, decode_delta, 0.05)
+        _collect(consumer, seen, layout, DeltaKind, decode_deltas, 0.05)
     producer.close()
     consumer.close()
     latencies = sorted(seen[i] - sent[i] for i in seen if i in sent)
@@ -172,9 +172,9 @@ def _collect(
             for record in batch:
                 if is_marker(record.value):  # the checkpoint markers share the delta topic
                     continue
-                delta = decode(record.value, layout)
-                if delta.kind == kind.ELIGIBILITY:
-                    seen.setdefault(delta.item_id, now)
+                for delta in decode(record.value, layout):
+                    if delta.kind == kind.ELIGIBILITY:
+                        seen.setdefault(delta.item_id, now)
         if time.monotonic() >= deadline:
             return
 
@@ -209,6 +209,8 @@ def _observe(
         # the rate over the second half of the events: the JVM's JIT compiler takes a third of the 2 cores for
         # the first ~10 s of a job (measured per thread from /proc), so a short run mostly measures warm-up
         "second_half_events_per_s": _second_half_rate(samples, n),
+        # (seconds since the first event was read, events read by then): the rate's course over the run
+        "read_over_time": [(round(t - first, 2), c) for t, c, _ in samples if t >= first],
         # the deltas of every window those events fired are committed with the first checkpoint after the last one
         "seconds_first_event_to_committed": round(committed_t - first, 2),
         "end_to_end_events_per_s": round(last_count / max(committed_t - first, 1e-9)),

@@ -35,6 +35,8 @@ def engagement_config(feature_set: FeatureSet, source: str) -> dict[str, Any]:
         "time_field": declared.event_time,
         "required": dict(declared.fields),
         "layout_hash": layout.layout_hash,
+        # the width of a FEATURES record's value row (every feature column of the layout, of any source)
+        "feature_columns": layout.num_features,
         "max_out_of_orderness_ms": declared.watermark.max_out_of_orderness_ms,
         "idle_timeout_ms": declared.watermark.idle_timeout_ms,
         "features": [_feature(f, layout.feature_region(f.name)) for f in features],

@@ -5,8 +5,8 @@ backfill call them directly. Nothing here reads a clock or touches Kafka or Flin
 
 * ``EventParser``: a source's raw bytes → ``Event`` or ``Rejected`` (the dead-letter record).
 * ``EngagementLogic``: the windowed features of one source, one ``WindowOperator`` each, over one
-  item's states. A ``Fire`` becomes an absolute FEATURE delta whose version is ``version_for(fire)``;
-  a too-late event becomes a side-output record (policy ``side_output``) or a count (``update``,
+  item's states. A ``Fire`` becomes an absolute FEATURE delta whose version is ``version_for(fire)``
+  (the firings of one step that share a version: one FEATURES record, ``encode_firings``); a too-late event becomes a side-output record (policy ``side_output``) or a count (``update``,
   ``drop``).
 * ``EligibilityLogic``: an attribute event → the item's ELIGIBILITY delta. Each attribute event is
   the item's **full** attribute set at its event time (not a patch), so the delta is stateless and
@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, NamedTuple
 import numpy as np
 import numpy.typing as npt
 
-from freshet.deltas import Delta, DeltaEncodeError, DeltaKind, encode_delta
+from freshet.deltas import Delta, DeltaKind, encode_delta, encode_features
 from freshet.eligibility import EligibilityEncoder
 from freshet.events import Event, FieldKind, Rejected, parse_event
 from freshet.layout import REGION_ELIGIBILITY, REGION_EMBEDDING, TensorLayout
@@ -41,6 +41,7 @@ from freshet.windows import (
     WindowState,
     version_for,
 )
+from freshet.wire import features_record_bytes
 
 if TYPE_CHECKING:
     from freshet.aggregators import Value
@@ -90,7 +91,7 @@ class Step(NamedTuple):
     """What one event or watermark did to one item: its new states and what to emit and count."""
 
     states: States
-    #: encoded FEATURE deltas, in the order the windows fired
+    #: encoded FEATURE deltas and FEATURES records (``encode_firings``), in the order the windows fired
     deltas: list[bytes]
     #: ``(topic, record)`` for each too-late event of a ``side_output`` feature
     lates: list[tuple[str, bytes]]
@@ -173,6 +174,7 @@ class EngagementLogic:
 
     def _step(self, states: States, item_id: int, event: Event | None, watermark_ms: int) -> Step:
         step = Step({}, [], [], {}, {})
+        firings: list[tuple[int, Fire]] = []
         for feature in self.features:
             state = states.get(feature.name) or feature.operator.initial_state()
             value = None if event is None else feature.value_of(event)
@@ -183,16 +185,24 @@ class EngagementLogic:
             if state:
                 step.states[feature.name] = state
             for output in outputs:
-                self._emit(step, feature, item_id, event, output)
+                self._emit(step, firings, feature, event, output)
+        step.deltas.extend(encode_firings(self.layout, item_id, firings))
         return step
 
     def _emit(
-        self, step: Step, feature: WindowedFeature, item_id: int, event: Event | None, output: Output
+        self,
+        step: Step,
+        firings: list[tuple[int, Fire]],
+        feature: WindowedFeature,
+        event: Event | None,
+        output: Output,
     ) -> None:
         if isinstance(output, Fire):
-            try:
-                step.deltas.append(feature_delta(self.layout, feature.region, item_id, output))
-            except DeltaEncodeError:
+            with np.errstate(over="ignore"):  # beyond float32: infinite
+                encodable = bool(np.isfinite(np.float32(output.value)))
+            if encodable:
+                firings.append((feature.region, output))
+            else:
                 _count(step.unencodable, feature.name)
         elif isinstance(output, Late) and feature.late_topic is not None:
             assert event is not None  # only an arriving event is ever late
@@ -203,6 +213,30 @@ class EngagementLogic:
 
 def _count(counts: dict[str, int], name: str) -> None:
     counts[name] = counts.get(name, 0) + 1
+
+
+def encode_firings(layout: TensorLayout, item_id: int, firings: Sequence[tuple[int, Fire]]) -> list[bytes]:
+    """The records of one step's firings ``(region, fire)`` of one item, in firing order: one per version, in
+    the order each version first fired; a version one feature fired is its FEATURE delta, one several fired
+    is a FEATURES record of all their values (their windows end together: one version, one event time).
+    Layouts without FEATURES records (over 64 feature columns) get a FEATURE delta per firing.
+
+    The JVM window operator groups the same way, byte for byte (``dev.freshet.flink.EngagementLogic``).
+    """
+    if features_record_bytes(layout) is None:
+        return [feature_delta(layout, region, item_id, fire) for region, fire in firings]
+    groups: dict[int, list[tuple[int, Fire]]] = {}
+    for region, fire in firings:
+        groups.setdefault(version_for(fire), []).append((region, fire))
+    records = []
+    for version, group in groups.items():
+        if len(group) == 1:
+            region, fire = group[0]
+            records.append(feature_delta(layout, region, item_id, fire))
+            continue
+        values = {region: float(np.float32(fire.value)) for region, fire in group}
+        records.append(encode_features(item_id, version, group[0][1].event_time_ms, values, layout))
+    return records
 
 
 def feature_delta(layout: TensorLayout, region: int, item_id: int, fire: Fire) -> bytes:

@@ -33,6 +33,11 @@ HEADER_BYTES = 48
 #: a checkpoint marker (``freshet.markers``): not a delta; decoded apart, never applied, never a rejection
 MARKER_KIND = 5
 MARKER_BYTES = 56
+#: FEATURE deltas of one item that share a version and an event time, in one record (``freshet.deltas``):
+#: decoded into the FEATURE deltas it holds, so no batch has rows of this kind
+FEATURES_KIND = 6
+#: the column mask of a FEATURES record is one little-endian u64
+FEATURES_MAX_COLUMNS = 64
 
 HEADER_STRUCT = struct.Struct("<2sBBHH8sqqqq")
 HEADER_FIELDS: list[tuple[str, str]] = [
@@ -69,11 +74,20 @@ def record_bytes(kind: DeltaKind, layout: TensorLayout) -> int:
     return HEADER_BYTES + payload
 
 
+def features_record_bytes(layout: TensorLayout) -> int | None:
+    """Size of a FEATURES record for ``layout`` (header, column mask, a float32 per feature column); None where
+    the layout has more feature columns than the mask has bits (its features travel one per record)."""
+    if not 0 < layout.num_features <= FEATURES_MAX_COLUMNS:
+        return None
+    return HEADER_BYTES + 8 + 4 * layout.num_features
+
+
 def decode_records(
     values: Sequence[bytes], layout: TensorLayout
 ) -> tuple[list[KindPart], dict[str, int], Ints]:
-    """The valid records of each kind (in ``DeltaKind`` order), the count of the others by reason, and the
-    positions of the checkpoint markers (neither deltas nor rejected)."""
+    """The valid records of each kind (in ``DeltaKind`` order; the FEATURE part also holds the deltas of the
+    FEATURES records, after the single ones), the count of the others by reason, and the positions of the
+    checkpoint markers (neither deltas nor rejected)."""
     lengths = np.fromiter(map(len, values), dtype=np.int64, count=len(values))
     joined = np.frombuffer(b"".join(values), dtype=np.uint8)
     starts = np.cumsum(lengths) - lengths
@@ -84,11 +98,45 @@ def decode_records(
         part = _decode_kind(kind, joined, chosen, starts[chosen], header[chosen], layout)
         reason[chosen] = part.reason
         parts.append(part)
+    chosen = np.flatnonzero((reason == _OK) & (header["kind"] == FEATURES_KIND))
+    if chosen.size:
+        rows, reason[chosen] = _decode_features(joined, chosen, starts[chosen], header[chosen], layout)
+        single = parts[DeltaKind.FEATURE - 1]
+        parts[DeltaKind.FEATURE - 1] = KindPart(
+            np.concatenate([single.header, rows.header]), np.concatenate([single.values, rows.values]),
+            np.concatenate([single.source_index, rows.source_index]), single.reason)  # fmt: skip
     return parts, _count_reasons(reason), np.flatnonzero(reason == _MARKER).astype(np.int64)
 
 
+def _decode_features(
+    joined: Bytes, source_index: Ints, starts: Ints, header: npt.NDArray[np.void], layout: TensorLayout
+) -> tuple[KindPart, npt.NDArray[np.int8]]:
+    """The FEATURE deltas of FEATURES records (by record, then by column), and each record's reason: ``region``
+    for an empty mask or a bit past the layout's columns, ``non_finite`` for a value in the mask that is not
+    finite, ``features_padding`` for a value outside it that is not +0.0 (so each row has one encoding)."""
+    columns = layout.num_features
+    record = np.dtype([*HEADER_FIELDS, ("mask", "<u8"), ("values", "<f4", (columns,))])
+    rows = _rows(joined, starts, record.itemsize).view(record)[:, 0]
+    mask, values = rows["mask"], rows["values"]
+    present = ((mask[:, None] >> np.arange(columns, dtype=np.uint64)) & np.uint64(1)).astype(bool)
+    beyond = (
+        (mask >> np.uint64(columns)) != 0 if columns < FEATURES_MAX_COLUMNS else np.zeros(mask.shape, bool)
+    )
+    reason = np.zeros(starts.shape[0], dtype=np.int8)
+    _flag(reason, (mask == 0) | beyond, "region")
+    _flag(reason, (present & ~np.isfinite(values)).any(axis=1), "non_finite")
+    _flag(reason, (~present & (values.view(np.uint32) != 0)).any(axis=1), "features_padding")
+    at, column = np.nonzero(present & (reason == _OK)[:, None])
+    expanded = header[at].copy()
+    expanded["kind"] = DeltaKind.FEATURE
+    expanded["region"] = REGION_FIRST_FEATURE + column
+    part = KindPart(expanded, values[at, column].reshape(-1, 1), source_index[at], np.zeros(at.size, np.int8))
+    return part, reason
+
+
 _REASONS = ("ok", "truncated", "bad_magic", "codec_version", "layout_hash", "unknown_kind", "length",
-            "reserved", "region", "negative_version", "non_finite", "eligibility_padding", "marker")  # fmt: skip
+            "reserved", "region", "negative_version", "non_finite", "eligibility_padding", "marker",
+            "features_padding")  # fmt: skip
 _OK = 0
 _CODE = {name: code for code, name in enumerate(_REASONS)}
 _MARKER = _CODE["marker"]
@@ -144,6 +192,10 @@ def kind_tables(layout: TensorLayout) -> tuple[Ints, Ints, Ints]:
     }
     for kind, (lo, hi) in ranges.items():
         expected[kind], region_lo[kind], region_hi[kind] = record_bytes(kind, layout), lo, hi
+    features = features_record_bytes(layout)
+    if features is not None:  # else the kind is unknown to this layout
+        expected[FEATURES_KIND] = features
+        region_lo[FEATURES_KIND], region_hi[FEATURES_KIND] = REGION_FIRST_FEATURE, REGION_FIRST_FEATURE + 1
     return expected, region_lo, region_hi
 
 

@@ -20,11 +20,14 @@ from freshet.deltas import (
     batch_of,
     decode_batch,
     decode_delta,
+    decode_deltas,
     encode_delta,
+    encode_features,
     encode_key,
     record_bytes,
 )
 from freshet.errors import FreshetError
+from freshet.layout import REGION_FIRST_FEATURE, FeatureColumn, TensorLayout
 from freshet.versions import (
     MAX_SEQ,
     MAX_TIME_MS,
@@ -34,6 +37,7 @@ from freshet.versions import (
     tombstone_version,
     version_time_ms,
 )
+from freshet.wire import FEATURES_KIND, features_record_bytes
 
 LAYOUT = small_layout()
 WIDE = wide_layout()
@@ -203,18 +207,97 @@ def test_mutated_records_decode_canonically_or_raise(delta: Delta, flips: list[t
 
 def _decode_or_reject(value: bytes) -> None:
     try:
-        delta = decode_delta(value, WIDE)
+        deltas = decode_deltas(value, WIDE)
     except DeltaDecodeError as err:
         assert decode_batch([value], WIDE).rejected == {err.reason: 1}
         return
-    assert encode_delta(delta, WIDE) == value  # what decodes is a valid delta, byte for byte
+    # what decodes is a valid record, byte for byte
+    if value[3] == FEATURES_KIND:
+        first = deltas[0]
+        values = {d.region: float(d.values[0]) for d in deltas}
+        assert encode_features(first.item_id, first.version, first.event_time_ms, values, WIDE) == value
+    else:
+        assert [encode_delta(d, WIDE) for d in deltas] == [value]
 
 
 @settings(deadline=None)  # timing varies on a shared machine; correctness does not
 @given(st.lists(st.binary(max_size=120), max_size=30))
 def test_batches_of_garbage_account_for_every_record(values: list[bytes]) -> None:
     batch = decode_batch(values, WIDE)
-    assert len(batch) + sum(batch.rejected.values()) == len(values)
+    records = len(set(batch.source_index.tolist())) + len(batch.marker_index)
+    assert records + sum(batch.rejected.values()) == len(values)
+
+
+# ---------------------------------------------------------------- FEATURES records
+
+
+def _rows(values: list[bytes], layout: TensorLayout) -> list[tuple[int, ...]]:
+    batch = decode_batch(values, layout)
+    assert batch.rejected == {}
+    return sorted(zip(batch.kind.tolist(), batch.item_id.tolist(), batch.region.tolist(), batch.version.tolist(),
+                      batch.event_time_ms.tolist(), batch.feature_values.tolist(), strict=True))  # fmt: skip
+
+
+def test_a_features_record_is_the_feature_deltas_it_holds() -> None:
+    version = feature_version(60_000, 1)
+    record = encode_features(8, version, 60_000, {2: 1.5, 4: -0.0}, LAYOUT)
+    assert len(record) == features_record_bytes(LAYOUT) == HEADER_BYTES + 8 + 4 * LAYOUT.num_features
+    singles = [feature(LAYOUT, 8, column, 60_000, value, firing=1) for column, value in ((0, 1.5), (2, -0.0))]
+    assert decode_deltas(record, LAYOUT) == singles
+    assert _rows([record], LAYOUT) == _rows([encode_delta(d, LAYOUT) for d in singles], LAYOUT)
+    with pytest.raises(DeltaDecodeError, match="features_record"):
+        decode_delta(record, LAYOUT)
+
+
+@settings(deadline=None)  # timing varies on a shared machine; correctness does not
+@given(st.lists(st.dictionaries(st.integers(2, 3), st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1), max_size=8))
+def test_features_records_decode_to_the_rows_of_their_single_deltas(rows: list[dict[int, float]]) -> None:
+    records, singles = [], []
+    for item, values in enumerate(rows):
+        version = feature_version(1_000 * item, 0)
+        records.append(encode_features(item, version, 1_000 * item, values, WIDE))
+        singles += [encode_delta(feature(WIDE, item, r - 2, 1_000 * item, v), WIDE) for r, v in values.items()]
+    assert _rows(records, WIDE) == _rows(singles, WIDE)
+
+
+GOOD_FEATURES = encode_features(8, feature_version(60_000, 0), 59_999, {2: 1.0, 3: 2.0}, LAYOUT)
+MASK_AT = HEADER_BYTES
+
+FEATURES_REJECTIONS = [
+    ("region", _patch(GOOD_FEATURES, MASK_AT, "<Q", 0)),  # an empty row
+    ("region", _patch(GOOD_FEATURES, MASK_AT, "<Q", 1 << LAYOUT.num_features)),  # a column the layout lacks
+    ("region", _patch(GOOD_FEATURES, 4, "<H", REGION_FIRST_FEATURE + 1)),
+    ("non_finite", _patch(GOOD_FEATURES, MASK_AT + 8 + 4, "<f", float("nan"))),
+    ("features_padding", _patch(GOOD_FEATURES, MASK_AT + 8 + 8, "<f", 1.0)),  # a value outside the mask
+    ("length", GOOD_FEATURES[:-4]),
+    ("negative_version", _patch(GOOD_FEATURES, 24, "<q", -1)),
+]
+
+
+@pytest.mark.parametrize(("reason", "value"), FEATURES_REJECTIONS, ids=[r for r, _ in FEATURES_REJECTIONS])
+def test_each_features_rejection_is_counted_by_reason(reason: str, value: bytes) -> None:
+    batch = decode_batch([GOOD_FEATURE, value, GOOD_FEATURES], LAYOUT)
+    assert batch.rejected == {reason: 1}
+    assert batch.source_index.tolist() == [0, 2, 2], "the single delta, then the good record's two"
+
+
+def test_encode_features_refuses_what_a_replica_would() -> None:
+    version = feature_version(60_000, 0)
+    with pytest.raises(DeltaEncodeError, match="holds no value"):
+        encode_features(1, version, 0, {}, LAYOUT)
+    with pytest.raises(DeltaEncodeError, match="region 5: region"):
+        encode_features(1, version, 0, {2: 1.0, 5: 1.0}, LAYOUT)
+    with pytest.raises(DeltaEncodeError, match="non_finite"):
+        encode_features(1, version, 0, {2: float("inf")}, LAYOUT)
+
+
+def test_a_layout_of_more_than_64_feature_columns_has_no_features_records() -> None:
+    wide = TensorLayout(embedding_dim=4, feature_columns=tuple(FeatureColumn(f"f{i}", i) for i in range(65)))
+    assert features_record_bytes(wide) is None
+    with pytest.raises(DeltaEncodeError, match="65 feature columns"):
+        encode_features(1, 1, 0, {2: 1.0}, wide)
+    record = GOOD_FEATURES[:8] + wide.layout_hash_bytes + GOOD_FEATURES[16:]
+    assert decode_batch([record], wide).rejected == {"unknown_kind": 1}
 
 
 # ---------------------------------------------------------------- versions and keys

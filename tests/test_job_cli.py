@@ -50,8 +50,10 @@ def test_defaults_follow_the_design(tmp_path: Path) -> None:
 def test_settings_round_trip_through_their_options(tmp_path: Path) -> None:
     argv = job_options(tmp_path, "--topic", "engagement=eng.test", "--conf", "python.fn-execution.bundle.size=500",
                        "--parallelism", "2", "--checkpoint-interval-ms", "250", "--job-name", "j", "--group-id", "g",
-                       "--log-dir", str(tmp_path / "log"), "--defs", str(PROJECT_ROOT / "feature_defs"))  # fmt: skip
+                       "--log-dir", str(tmp_path / "log"), "--defs", str(PROJECT_ROOT / "feature_defs"),
+                       "--source-property", "fetch.max.bytes=1048576")  # fmt: skip
     settings = settings_from_args(parse(argv))
+    assert settings.source_properties == {"fetch.max.bytes": "1048576"}
     assert (
         settings.topic("engagement") == "eng.test" and settings.topic("item.attributes") == "item.attributes"
     )

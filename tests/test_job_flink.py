@@ -46,7 +46,7 @@ from job_streams import (
 
 from flink_jobs import connector
 from freshet.broker import EmbeddedBroker
-from freshet.deltas import DeltaKind, batch_of, decode_batch, decode_delta
+from freshet.deltas import DeltaKind, batch_of, decode_batch, decode_deltas
 from freshet.eligibility import EligibilityEncoder
 from freshet.events import Event
 from freshet.job_logic import EventParser
@@ -349,7 +349,7 @@ def _embed_and_check(setup: Setup, job: Driver, ids: list[int], tower_seed: int,
     deadline, got = time.monotonic() + 30, {}
     while time.monotonic() < deadline and got.keys() != set(ids):
         records = kafka_helpers.read_topic(setup.servers, setup.deltas, timeout_s=2)
-        deltas = (decode_delta(r.value, LAYOUT) for r in records if not is_marker(r.value))
+        deltas = (d for r in records if not is_marker(r.value) for d in decode_deltas(r.value, LAYOUT))
         got = {d.item_id: d for d in deltas if d.kind == DeltaKind.EMBEDDING and d.item_id in ids}
     if got.keys() != set(ids):
         job.fail(f"embeddings of {ids} not committed within 30 s: {sorted(got)}")
@@ -430,12 +430,12 @@ def _read_until(
 
 
 def _distinct(records: list[Any]) -> set[tuple[int, int, int]]:
-    deltas = [decode_delta(r.value, LAYOUT) for r in records]
+    deltas = [d for r in records for d in decode_deltas(r.value, LAYOUT)]
     return {(d.item_id, d.region, d.version) for d in deltas}
 
 
 def _check_deltas(records: list[Any], expected: dict[str, Any]) -> None:
-    assert all(r.key == str(decode_delta(r.value, LAYOUT).item_id).encode() for r in records), (
+    assert all(r.key == str(decode_deltas(r.value, LAYOUT)[0].item_id).encode() for r in records), (
         "keyed by item id"
     )
     assert feature_rows([r.value for r in records], LAYOUT) == expected["features"]

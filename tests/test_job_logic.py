@@ -22,7 +22,7 @@ from job_streams import (
     two_tower,
 )
 
-from freshet.deltas import DeltaKind, decode_delta
+from freshet.deltas import DeltaKind, decode_batch, decode_delta, decode_deltas
 from freshet.eligibility import EligibilityEncoder
 from freshet.events import Event, Rejected
 from freshet.job_logic import (
@@ -38,6 +38,7 @@ from freshet.publish import publish_model
 from freshet.versions import eligibility_version, embedding_version, feature_version
 from freshet.watermarks import watermarks_after_each
 from freshet.windows import END_OF_STREAM, NO_WATERMARK
+from freshet.wire import FEATURES_KIND
 
 FS = social_feed()
 LAYOUT = FS.layout()
@@ -102,7 +103,8 @@ def test_features_equal_the_replay_oracle_with_out_of_order_and_late_events(seed
 
     rows, late, dropped = oracle_feature_rows(FS, events, watermarks, end)
     assert feature_rows(run.deltas, LAYOUT) == rows
-    assert len(run.deltas) == len(rows), "each firing is emitted once"
+    assert len(decode_batch(run.deltas, LAYOUT)) == len(rows), "each firing is emitted once"
+    assert len(run.deltas) < len(rows), "features whose windows end together share a FEATURES record"
     late_by_feature: dict[str, int] = {}
     for topic, record in run.lates:
         assert topic == "engagement.late"
@@ -160,7 +162,8 @@ def test_a_value_that_is_no_float32_is_counted_not_emitted() -> None:
     assert step.unencodable == {"dwell_mean_1h": 1, "dwell_max_1h": 1}
     emitted = {
         (d.region, d.version & 0xFFFFF, float(d.values[0]))
-        for d in map(decode_delta, step.deltas, [LAYOUT] * 9)
+        for value in step.deltas
+        for d in decode_deltas(value, LAYOUT)
     }
     views, mean, top = (LAYOUT.feature_region(n) for n in ("views_10m", "dwell_mean_1h", "dwell_max_1h"))
     assert {(r, x) for r, _, x in emitted if r in (mean, top)} == {(mean, 0.0), (top, 0.0)}, (
@@ -179,13 +182,13 @@ def test_a_firing_is_an_absolute_versioned_feature_delta() -> None:
         states = logic.on_event(states, e, NO_WATERMARK).states
     assert logic.due_times_ms(states)[0] == T0_MS + 300_000 - 1, "the first 5-minute slide ends first"
     step = logic.on_watermark(states, T0_MS + 300_000 - 1, item_id=8)
-    by_region = {d.region: d for d in (decode_delta(v, LAYOUT) for v in step.deltas)}
+    by_region = {d.region: d for v in step.deltas for d in decode_deltas(v, LAYOUT)}
     likes = by_region.pop(LAYOUT.feature_region("likes_1h"))
     assert (likes.kind, likes.item_id, likes.values.tolist()) == (DeltaKind.FEATURE, 8, [3.0])
     assert (likes.version, likes.event_time_ms) == (feature_version(T0_MS + 300_000, 0), T0_MS + 300_000 - 1)
     assert by_region.keys() == {LAYOUT.feature_region("interactions_1h")}, "the other windows end later"
     step = logic.on_watermark(step.states, T0_MS + 3_600_000 - 1, item_id=8)
-    uniques = [d for d in map(decode_delta, step.deltas, [LAYOUT] * len(step.deltas))
+    uniques = [d for v in step.deltas for d in decode_deltas(v, LAYOUT)
                if d.region == LAYOUT.feature_region("unique_likers_1d")]  # fmt: skip
     assert [d.values.tolist() for d in uniques] == [[3.0]]
 
@@ -298,7 +301,9 @@ def test_jvm_engagement_deltas_are_byte_identical_to_python(seed: int) -> None:
         before = watermark
     java = jvm().engagement(FS, "engagement", [*steps, ("wm", end)])
 
-    assert sorted(java["deltas"]) == sorted(python.deltas) and len(java["deltas"]) > 500
+    assert sorted(java["deltas"]) == sorted(python.deltas)
+    assert len(decode_batch(python.deltas, LAYOUT)) > 500, "a stream that fires many windows"
+    assert any(d[3] == FEATURES_KIND for d in python.deltas), "and FEATURES records among them"
     assert [(t, json.loads(r)) for t, r in java["lates"]] == [(t, json.loads(r)) for t, r in python.lates]
     assert java["lates"] and java["dropped"] == python.dropped and python.dropped
     assert [r.split(":")[0] for r in java["rejected"]] == ["malformed_json", "not_an_object", "wrong_type"]

@@ -14,8 +14,10 @@ import org.apache.flink.shaded.jackson2.com.fasterxml.jackson.databind.node.Obje
 
 /**
  * The windowed features of one source over one item: {@code freshet.job_logic.EngagementLogic}. A firing becomes
- * a FEATURE delta in the codec of {@code freshet.deltas} (version {@code window_end << 20 | firing}); a too-late
- * event becomes a side-output record (policy side_output, with a topic) or a count.
+ * a FEATURE delta in the codec of {@code freshet.deltas} (version {@code window_end << 20 | firing}); the firings of
+ * one step that share a version (features whose windows end together) become one FEATURES record instead, as
+ * {@code freshet.job_logic.encode_firings} groups them; a too-late event becomes a side-output record (policy
+ * side_output, with a topic) or a count.
  */
 final class EngagementLogic {
     static final int SEQ_BITS = 20;
@@ -23,6 +25,8 @@ final class EngagementLogic {
     static final long MAX_TIME_MS = (1L << (63 - SEQ_BITS)) - 1;
     static final int HEADER_BYTES = 48;
     static final byte KIND_FEATURE = 2;
+    static final byte KIND_FEATURES = 6;
+    static final int REGION_FIRST_FEATURE = 2;
     private static final ObjectMapper LATE_JSON = JsonMapper.builder().enable(JsonWriteFeature.ESCAPE_NON_ASCII).build();
 
     /**
@@ -111,6 +115,7 @@ final class EngagementLogic {
 
     private Step step(ItemWindows windows, long itemId, EngagementEvent event, long watermarkMs) {
         Step step = new Step(spec.features.size());
+        Firings firings = new Firings();
         for (int i = 0; i < spec.features.size(); i++) {
             EngagementSpec.Feature feature = spec.features.get(i);
             WindowLogic.State state = windows.byFeature[i];
@@ -126,20 +131,21 @@ final class EngagementLogic {
                 : feature.window.onWatermark(state, watermarkMs);
             windows.byFeature[i] = state.isEmpty() ? null : state;
             for (WindowLogic.Output output : outputs) {
-                emit(step, i, feature, itemId, event, output);
+                emit(step, firings, i, feature, itemId, event, output);
             }
         }
+        encode(step, firings, itemId);
         return step;
     }
 
-    private void emit(Step step, int i, EngagementSpec.Feature feature, long itemId, EngagementEvent event,
-                      WindowLogic.Output output) {
+    private void emit(Step step, Firings firings, int i, EngagementSpec.Feature feature, long itemId,
+                      EngagementEvent event, WindowLogic.Output output) {
         if (output.kind == WindowLogic.Output.FIRE) {
-            byte[] delta = featureDelta(feature.region, itemId, output);
-            if (delta == null) {
+            float value = (float) output.value;
+            if (!Float.isFinite(value)) {
                 step.unencodable[i]++;
             } else {
-                step.deltas.add(delta);
+                firings.add(feature.region, versionOf(output), output.eventTsMs, value);
             }
         } else if (output.kind == WindowLogic.Output.LATE && feature.lateTopic != null) {
             step.lateTopics.add(feature.lateTopic);
@@ -150,21 +156,99 @@ final class EngagementLogic {
         }
     }
 
-    /** The FEATURE delta of a firing, byte for byte {@code encode_delta}; null when the value is no finite float32. */
-    byte[] featureDelta(int region, long itemId, WindowLogic.Output fire) {
-        float value = (float) fire.value;
-        if (!Float.isFinite(value)) {
-            return null;
-        }
+    private static long versionOf(WindowLogic.Output fire) {
         if (fire.endMs < 0 || fire.endMs > MAX_TIME_MS || fire.firing > MAX_SEQ) {
             throw new IllegalStateException("no version for window end " + fire.endMs + ", firing " + fire.firing);
         }
-        ByteBuffer out = ByteBuffer.allocate(HEADER_BYTES + 4).order(ByteOrder.LITTLE_ENDIAN);
-        out.put((byte) 'F').put((byte) 'D').put((byte) 1).put(KIND_FEATURE);
-        out.putShort((short) region).putShort((short) 0).put(spec.layoutHash);
-        out.putLong(itemId).putLong(fire.endMs << SEQ_BITS | fire.firing).putLong(fire.eventTsMs).putLong(0L);
+        return fire.endMs << SEQ_BITS | fire.firing;
+    }
+
+    /** The encodable firings of one step, in order: region, version, event time and float32 value of each. */
+    static final class Firings {
+        int size;
+        int[] regions = new int[8];
+        long[] versions = new long[8];
+        long[] eventTsMs = new long[8];
+        float[] values = new float[8];
+
+        void add(int region, long version, long tsMs, float value) {
+            if (size == regions.length) {
+                regions = java.util.Arrays.copyOf(regions, 2 * size);
+                versions = java.util.Arrays.copyOf(versions, 2 * size);
+                eventTsMs = java.util.Arrays.copyOf(eventTsMs, 2 * size);
+                values = java.util.Arrays.copyOf(values, 2 * size);
+            }
+            regions[size] = region;
+            versions[size] = version;
+            eventTsMs[size] = tsMs;
+            values[size] = value;
+            size++;
+        }
+    }
+
+    /**
+     * {@code encode_firings}: one record per version, in the order each version first fired; a version only one
+     * feature fired is a FEATURE delta, one that several fired a FEATURES record with all of their values.
+     */
+    private void encode(Step step, Firings firings, long itemId) {
+        if (spec.featureColumns > 64) { // the layout has no FEATURES records: one record per firing
+            for (int i = 0; i < firings.size; i++) {
+                step.deltas.add(featureDelta(firings.regions[i], itemId, firings.versions[i], firings.eventTsMs[i],
+                    firings.values[i]));
+            }
+            return;
+        }
+        boolean[] taken = new boolean[firings.size];
+        for (int i = 0; i < firings.size; i++) {
+            if (taken[i]) {
+                continue;
+            }
+            long mask = 0;
+            float[] row = null;
+            int members = 0;
+            for (int j = i; j < firings.size; j++) {
+                if (firings.versions[j] != firings.versions[i]) {
+                    continue;
+                }
+                taken[j] = true;
+                members++;
+                if (row == null) {
+                    row = new float[spec.featureColumns];
+                }
+                int column = firings.regions[j] - REGION_FIRST_FEATURE;
+                mask |= 1L << column;
+                row[column] = firings.values[j];
+            }
+            step.deltas.add(members == 1
+                ? featureDelta(firings.regions[i], itemId, firings.versions[i], firings.eventTsMs[i], firings.values[i])
+                : featuresRecord(itemId, firings.versions[i], firings.eventTsMs[i], mask, row));
+        }
+    }
+
+    /** A FEATURE delta, byte for byte {@code encode_delta}. */
+    byte[] featureDelta(int region, long itemId, long version, long eventTsMs, float value) {
+        ByteBuffer out = header(HEADER_BYTES + 4, KIND_FEATURE, region, itemId, version, eventTsMs);
         out.putFloat(value);
         return out.array();
+    }
+
+    /** A FEATURES record, byte for byte {@code encode_features}: a column mask, then a value per feature column. */
+    byte[] featuresRecord(long itemId, long version, long eventTsMs, long mask, float[] row) {
+        ByteBuffer out = header(HEADER_BYTES + 8 + 4 * row.length, KIND_FEATURES, REGION_FIRST_FEATURE, itemId,
+            version, eventTsMs);
+        out.putLong(mask);
+        for (float value : row) {
+            out.putFloat(value);
+        }
+        return out.array();
+    }
+
+    private ByteBuffer header(int bytes, byte kind, int region, long itemId, long version, long eventTsMs) {
+        ByteBuffer out = ByteBuffer.allocate(bytes).order(ByteOrder.LITTLE_ENDIAN);
+        out.put((byte) 'F').put((byte) 'D').put((byte) 1).put(kind);
+        out.putShort((short) region).putShort((short) 0).put(spec.layoutHash);
+        out.putLong(itemId).putLong(version).putLong(eventTsMs).putLong(0L);
+        return out;
     }
 
     /** {@code late_record}: the feature, why, and the event as parsed (the raw bytes, read again). */

@@ -44,6 +44,8 @@ final class EngagementSpec implements Serializable {
     final String json;
     final String source;
     final byte[] layoutHash;
+    /** The layout's number of feature columns: the width of a FEATURES record. */
+    final int featureColumns;
     final long maxOutOfOrdernessMs;
     final Long idleTimeoutMs;
     transient EventCheck check;
@@ -54,6 +56,7 @@ final class EngagementSpec implements Serializable {
         JsonNode doc = read(json);
         source = doc.get("source").textValue();
         layoutHash = HexFormat.of().parseHex(doc.get("layout_hash").textValue());
+        featureColumns = doc.get("feature_columns").intValue();
         maxOutOfOrdernessMs = doc.get("max_out_of_orderness_ms").longValue();
         JsonNode idle = doc.get("idle_timeout_ms");
         idleTimeoutMs = idle == null || idle.isNull() ? null : idle.longValue();
