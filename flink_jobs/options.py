@@ -195,7 +195,9 @@ def settings_argv(settings: JobSettings) -> list[str]:
     if flink.log_dir is not None:
         argv += ["--log-dir", str(Path(flink.log_dir).resolve())]
     argv += [item for k, v in settings.topic_map.items() for item in ("--topic", f"{k}={v}")]
-    argv += [item for k, v in settings.source_properties.items() for item in ("--source-property", f"{k}={v}")]
+    argv += [
+        item for k, v in settings.source_properties.items() for item in ("--source-property", f"{k}={v}")
+    ]
     argv += [item for k, v in flink.extra.items() for item in ("--conf", f"{k}={v}")]
     return argv
 

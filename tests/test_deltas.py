@@ -250,13 +250,22 @@ def test_a_features_record_is_the_feature_deltas_it_holds() -> None:
 
 
 @settings(deadline=None)  # timing varies on a shared machine; correctness does not
-@given(st.lists(st.dictionaries(st.integers(2, 3), st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1), max_size=8))
+@given(
+    st.lists(
+        st.dictionaries(
+            st.integers(2, 3), st.floats(width=32, allow_nan=False, allow_infinity=False), min_size=1
+        ),
+        max_size=8,
+    )
+)
 def test_features_records_decode_to_the_rows_of_their_single_deltas(rows: list[dict[int, float]]) -> None:
     records, singles = [], []
     for item, values in enumerate(rows):
         version = feature_version(1_000 * item, 0)
         records.append(encode_features(item, version, 1_000 * item, values, WIDE))
-        singles += [encode_delta(feature(WIDE, item, r - 2, 1_000 * item, v), WIDE) for r, v in values.items()]
+        singles += [
+            encode_delta(feature(WIDE, item, r - 2, 1_000 * item, v), WIDE) for r, v in values.items()
+        ]
     assert _rows(records, WIDE) == _rows(singles, WIDE)
 
 
