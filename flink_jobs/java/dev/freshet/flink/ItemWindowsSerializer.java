@@ -126,11 +126,7 @@ public final class ItemWindowsSerializer extends TypeSerializerSingleton<Engagem
                 long start = in.readLong();
                 panes.put(start, Aggregators.read(in));
             }
-            WindowLogic.State state = new WindowLogic.State(0, panes);
-            state.ends = ends;
-            state.slots = slots;
-            state.size = n;
-            record.byFeature[i] = state;
+            record.byFeature[i] = WindowLogic.State.of(ends, slots, n, panes);
         }
         return record;
     }

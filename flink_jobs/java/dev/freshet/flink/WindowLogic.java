@@ -66,6 +66,15 @@ final class WindowLogic {
             this.panes = panes;
         }
 
+        /** A state of {@code n} windows, {@code ends} ascending (what {@link ItemWindowsSerializer} read). */
+        static State of(long[] ends, Slot[] slots, int n, TreeMap<Long, Aggregators.Acc> panes) {
+            State state = new State(0, panes);
+            state.ends = ends;
+            state.slots = slots;
+            state.size = n;
+            return state;
+        }
+
         boolean isEmpty() {
             return size == 0;
         }
