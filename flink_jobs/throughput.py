@@ -107,6 +107,8 @@ def _run_job(args: argparse.Namespace, servers: str, work: Path, values: list[by
     argv += ["--window-operator", args.window_operator]
     for conf in args.conf or ():
         argv += ["--conf", conf]
+    for prop in args.source_property or ():
+        argv += ["--source-property", prop]
     proc = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=(work / "driver.err").open("w"), text=True,
                             start_new_session=True)  # fmt: skip
     assert proc.stdout is not None
@@ -320,6 +322,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--latency-probes", type=int, default=20, help="attribute events timed one by one")
     parser.add_argument("--conf", action="append", metavar="KEY=VALUE", help="Flink option for the job")
     parser.add_argument("--window-operator", choices=("jvm", "python"), default="jvm")
+    parser.add_argument(
+        "--source-property", action="append", metavar="KEY=VALUE", help="Kafka source property"
+    )
     parser.add_argument("--out", type=Path)
     args = parser.parse_args(argv)
     result = {"machine": {"cpus": os.cpu_count()}, **vars(args), **measure(args)}
