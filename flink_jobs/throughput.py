@@ -135,7 +135,9 @@ def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, An
 
     layout = load_feature_set(PROJECT_ROOT / "feature_defs").layout()
     consumer = kafka_helpers.assigned_consumer(servers, "freshet.deltas", "read_committed")
-    _read_to_end(consumer, kafka_helpers.caught_up)  # the deltas of the throughput run: up to ~2M records
+    counts = _read_to_end(
+        consumer, kafka_helpers.caught_up, layout
+    )  # the throughput run's: up to ~2M records
     producer = KafkaProducer(bootstrap_servers=servers, linger_ms=0)
     sent: dict[int, float] = {}
     seen: dict[int, float] = {}
@@ -153,8 +155,9 @@ def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, An
     consumer.close()
     latencies = sorted(seen[i] - sent[i] for i in seen if i in sent)
     if not latencies:
-        return {"latency_probes": probes, "latency_seen": 0}
+        return {"latency_probes": probes, "latency_seen": 0, **counts}
     return {
+        **counts,
         "latency_probes": probes,
         "latency_seen": len(latencies),
         "event_to_committed_delta_s_p50": round(latencies[len(latencies) // 2], 3),
@@ -162,13 +165,24 @@ def _latency(servers: str, probes: int, spacing_s: float = 0.25) -> dict[str, An
     }
 
 
-def _read_to_end(consumer: Any, caught_up: Callable[[Any], bool], timeout_s: float = 300) -> None:
-    """Poll, dropping what arrives, until ``consumer`` is at the high watermark of every partition."""
+def _read_to_end(
+    consumer: Any, caught_up: Callable[[Any], bool], layout: Any, timeout_s: float = 300
+) -> dict[str, int]:
+    """Poll until ``consumer`` is at the high watermark of every partition; count the delta records that came
+    (checkpoint markers aside) and the deltas they hold (a FEATURES record holds several)."""
+    from freshet.deltas import decode_batch
+
+    records = deltas = 0
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        consumer.poll(timeout_ms=100, max_records=50_000)
+        values = [
+            r.value for batch in consumer.poll(timeout_ms=100, max_records=50_000).values() for r in batch
+        ]
+        batch = decode_batch(values, layout)
+        records += len(values) - len(batch.marker_index)
+        deltas += len(batch)
         if caught_up(consumer):
-            return
+            return {"delta_records": records, "deltas": deltas}
     raise RuntimeError(f"the delta topic was not read to its end within {timeout_s} s")
 
 

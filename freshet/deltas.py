@@ -28,8 +28,8 @@ Kind 6, FEATURES, holds the FEATURE deltas of one item that share a version and 
 whose windows end together): region ``2`` (the first feature region), then a u64 column mask (bit j: region
 ``2 + j``) and an f32 per feature column of the layout, +0.0 outside the mask. ``decode_batch`` turns it into
 the FEATURE deltas it holds, so applying it is applying them. The delta job writes one where several features
-fire at once (``freshet.job_logic.encode_firings``): over 5,000 items that made a third of the records. Layouts
-of more than 64 feature columns have no FEATURES kind.
+fire at once (``freshet.job_logic.encode_firings``): ``python -m bench.job`` over 5,000 items sent 0.83M records
+for 3.65M deltas. Layouts of more than 64 feature columns have no FEATURES kind.
 
 Fixed-size records were chosen over Arrow IPC because a Kafka record holds one keyed delta: a one-row Arrow
 IPC stream of the same fields takes 1392 bytes for a 64-dim embedding against 304 here (schema and framing
