@@ -6,8 +6,8 @@ backfill call them directly. Nothing here reads a clock or touches Kafka or Flin
 * ``EventParser``: a source's raw bytes → ``Event`` or ``Rejected`` (the dead-letter record).
 * ``EngagementLogic``: the windowed features of one source, one ``WindowOperator`` each, over one
   item's states. A ``Fire`` becomes an absolute FEATURE delta whose version is ``version_for(fire)``
-  (the firings of one step that share a version: one FEATURES record, ``encode_firings``); a too-late event becomes a side-output record (policy ``side_output``) or a count (``update``,
-  ``drop``).
+  (the firings of one step that share a version: one FEATURES record, ``encode_firings``); a too-late
+  event becomes a side-output record (policy ``side_output``) or a count (``update``, ``drop``).
 * ``EligibilityLogic``: an attribute event → the item's ELIGIBILITY delta. Each attribute event is
   the item's **full** attribute set at its event time (not a patch), so the delta is stateless and
   absolute, versioned by the event time: the newest event wins on every replica.
