@@ -47,6 +47,9 @@ class _Decoded(NamedTuple):
     values: list[bytes]
     partition_of: Callable[[int], int]
     batch: DecodedBatch | None
+    #: records left out before the codec's own count (null values, records no batch could decode), counted
+    #: when the batch is applied: a batch decoded ahead and then split is decoded again, and counted once
+    left_out: dict[str, int]
 
 
 @dataclass(frozen=True)
@@ -242,7 +245,9 @@ class Replica:
         """
         started = time.perf_counter()
         decoded = polled.prepared if isinstance(polled.prepared, _Decoded) else self.decode(polled)
-        values, partition_of, batch = decoded
+        values, partition_of, batch, left_out = decoded
+        for reason, n in left_out.items():
+            self.metrics.rejected.labels(reason=reason).inc(n)
         with self._cut_lock:
             self._alignment.observe(batch, values, partition_of)
             applied, stale, rejected = self._apply(batch)
@@ -260,43 +265,45 @@ class Replica:
         polled.prepared = self.decode(polled)
 
     def decode(self, polled: PolledBatch) -> _Decoded:
-        """The batch's non-null values, where each was read, and their decoded deltas (nulls counted)."""
+        """The batch's non-null values, where each was read, their decoded deltas, and the records left out
+        by reason (counted by ``apply_records``)."""
         values, partition_of = self._non_null(polled)
-        return _Decoded(values, partition_of, self._decode(values))
+        left_out = {"null_value": len(polled) - len(values)}
+        batch, left_out["undecodable"] = self._decode(values)
+        return _Decoded(values, partition_of, batch, {k: n for k, n in left_out.items() if n})
 
     def _non_null(self, polled: PolledBatch) -> tuple[list[bytes], Callable[[int], int]]:
-        """The values to decode and the partition each was read from; null values are counted as rejected."""
-        nulls = polled.values.count(None)
-        if not nulls:
+        """The values to decode and the partition each was read from."""
+        if None not in polled.values:
             return cast(list[bytes], polled.values), polled.partition
-        self.metrics.rejected.labels(reason="null_value").inc(nulls)
         kept = [i for i, v in enumerate(polled.values) if v is not None]
         return [cast(bytes, polled.values[i]) for i in kept], lambda j: polled.partition(kept[j])
 
-    def _decode(self, values: list[bytes]) -> DecodedBatch | None:
+    def _decode(self, values: list[bytes]) -> tuple[DecodedBatch | None, int]:
+        """The decoded batch and how many records no batch could decode (0 unless the codec failed)."""
         if not values:
-            return None
+            return None, 0
         # the batch's decode rejections are counted with the apply's (``ApplyStats.rejected`` holds both)
         try:
-            return decode_batch(values, self.layout)
+            return decode_batch(values, self.layout), 0
         except Exception as exc:  # the codec counts bad records itself; isolate them if it ever cannot
             log.warning("decoding a batch of %d records failed (%s); decoding one by one", len(values), exc)
             return self._decode_isolating(values)
 
-    def _decode_isolating(self, values: list[bytes]) -> DecodedBatch | None:
+    def _decode_isolating(self, values: list[bytes]) -> tuple[DecodedBatch | None, int]:
         kept = []
         for i, value in enumerate(values):
             try:
                 decode_batch([value], self.layout)
             except Exception:
-                self.metrics.rejected.labels(reason="undecodable").inc()
                 continue
             kept.append(i)
         if not kept:
-            return None
+            return None, len(values)
         batch = decode_batch([values[i] for i in kept], self.layout)
         # marker positions are into the kept records: map them back to ``values``, where alignment reads them
-        return replace(batch, marker_index=np.asarray(kept, dtype=np.int64)[batch.marker_index])
+        marker_index = np.asarray(kept, dtype=np.int64)[batch.marker_index]
+        return replace(batch, marker_index=marker_index), len(values) - len(kept)
 
     def _apply(self, batch: DecodedBatch | None) -> tuple[int, int, dict[str, int]]:
         if batch is None:

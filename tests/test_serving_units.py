@@ -150,3 +150,28 @@ def test_polled_batch_locates_records_without_a_record_object_each() -> None:
     assert len(batch) == 3 and batch.values == [b"a", None, b"c"]
     assert [batch.partition(i) for i in range(3)] == [1, 0, 1]
     assert batch.records() == records
+
+
+def test_records_left_out_are_counted_once_when_a_batch_decoded_ahead_is_split(tmp_path) -> None:
+    """The read-ahead thread decodes a polled batch ahead; once the replica is ready it may hand that batch out
+    in smaller parts, which are decoded again: what a decode leaves out is counted when a part is applied."""
+    import random
+    from pathlib import Path
+
+    from freshet.deltas import encode_delta
+    from freshet.spec import load_feature_set
+    from serving.consumer import PolledBatch, SourceRecord
+    from serving.replica import Replica
+    from serving.testing import random_deltas
+
+    layout = load_feature_set(Path(__file__).resolve().parent.parent / "feature_defs").layout()
+    replica = Replica(layout, Settings.load({"snapshot_dir": tmp_path / "s"}, environ={}), name="t")
+    replica.restore()
+    records = [SourceRecord(0, 0, None)] + [
+        SourceRecord(0, i + 1, encode_delta(d, layout))
+        for i, d in enumerate(random_deltas(layout, random.Random(3), 3))
+    ]
+    replica.prepare(PolledBatch.of_records(records))  # decoded ahead, then split: the whole is never applied
+    replica.apply_records(PolledBatch.of_records(records[:2]), {0: 2})
+    replica.apply_records(PolledBatch.of_records(records[2:]), {0: 4})
+    assert replica.metrics.rejected.labels(reason="null_value")._value.get() == 1
