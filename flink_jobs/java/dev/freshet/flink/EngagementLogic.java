@@ -163,20 +163,28 @@ final class EngagementLogic {
         return fire.endMs << SEQ_BITS | fire.firing;
     }
 
-    /** The encodable firings of one step, in order: region, version, event time and float32 value of each. */
+    /**
+     * The encodable firings of one step, in order: region, version, event time and float32 value of each. Most
+     * steps fire nothing: the arrays are made at the first firing, not at every event.
+     */
     static final class Firings {
+        private static final int[] NO_INTS = {};
+        private static final long[] NO_LONGS = {};
+        private static final float[] NO_FLOATS = {};
+
         int size;
-        int[] regions = new int[8];
-        long[] versions = new long[8];
-        long[] eventTsMs = new long[8];
-        float[] values = new float[8];
+        int[] regions = NO_INTS;
+        long[] versions = NO_LONGS;
+        long[] eventTsMs = NO_LONGS;
+        float[] values = NO_FLOATS;
 
         void add(int region, long version, long tsMs, float value) {
             if (size == regions.length) {
-                regions = java.util.Arrays.copyOf(regions, 2 * size);
-                versions = java.util.Arrays.copyOf(versions, 2 * size);
-                eventTsMs = java.util.Arrays.copyOf(eventTsMs, 2 * size);
-                values = java.util.Arrays.copyOf(values, 2 * size);
+                int capacity = Math.max(8, 2 * size);
+                regions = java.util.Arrays.copyOf(regions, capacity);
+                versions = java.util.Arrays.copyOf(versions, capacity);
+                eventTsMs = java.util.Arrays.copyOf(eventTsMs, capacity);
+                values = java.util.Arrays.copyOf(values, capacity);
             }
             regions[size] = region;
             versions[size] = version;
@@ -191,6 +199,9 @@ final class EngagementLogic {
      * feature fired is a FEATURE delta, one that several fired a FEATURES record with all of their values.
      */
     private void encode(Step step, Firings firings, long itemId) {
+        if (firings.size == 0) {
+            return;
+        }
         if (spec.featureColumns > 64) { // the layout has no FEATURES records: one record per firing
             for (int i = 0; i < firings.size; i++) {
                 step.deltas.add(featureDelta(firings.regions[i], itemId, firings.versions[i], firings.eventTsMs[i],
